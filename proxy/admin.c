@@ -1,0 +1,288 @@
+/*
+ * The admin listener, on the main thread's ring: /ready /stats /stats/prometheus /config
+ * /clusters. One request per connection (Connection: close); small and never on the request
+ * path of the data plane.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "remora/log.h"
+#include "proxy.h"
+#include "admin.h"
+
+#define ADMIN_REQ_MAX 8192
+
+typedef struct admin_conn {
+    rmr_op_t recv_op, send_op;
+    int fd;
+    size_t len;
+    char *resp;
+    size_t resp_len, resp_off;
+    rmr_timer_t timer;
+    int ops;
+    int closing;
+    char req[ADMIN_REQ_MAX];
+} admin_conn_t;
+
+static struct {
+    rmr_loop_t *loop;
+    rmr_op_t accept_op;
+    int fd;
+    int armed;
+} adm = {.fd = -1};
+
+static void admin_free(admin_conn_t *a)
+{
+    rmr_timer_stop(adm.loop, &a->timer);
+    close(a->fd);
+    free(a->resp);
+    free(a);
+}
+
+static void admin_close(admin_conn_t *a)
+{
+    a->closing = 1;
+    rmr_timer_stop(adm.loop, &a->timer);
+    if (a->ops == 0) {
+        admin_free(a);
+        return;
+    }
+    shutdown(a->fd, SHUT_RDWR);
+}
+
+static void on_admin_send(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags);
+
+static void admin_send(admin_conn_t *a)
+{
+    struct io_uring_sqe *sqe = rmr_loop_sqe(adm.loop);
+    io_uring_prep_send(sqe, a->fd, a->resp + a->resp_off, a->resp_len - a->resp_off,
+                       MSG_NOSIGNAL);
+    io_uring_sqe_set_data(sqe, &a->send_op);
+    a->ops++;
+}
+
+static void on_admin_send(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
+{
+    admin_conn_t *a = (admin_conn_t *)((char *)op - offsetof(admin_conn_t, send_op));
+    (void)loop;
+    (void)flags;
+    a->ops--;
+    if (!a->closing && res > 0) {
+        a->resp_off += (size_t)res;
+        if (a->resp_off < a->resp_len) {
+            admin_send(a);
+            return;
+        }
+    }
+    admin_close(a);
+}
+
+static void respond(admin_conn_t *a, int status, const char *ctype, char *body)
+{
+    const char *text = status == 200 ? "OK" : status == 404 ? "Not Found" :
+                       status == 405 ? "Method Not Allowed" : status == 503 ?
+                       "Service Unavailable" : "Error";
+    size_t blen = body ? strlen(body) : 0;
+    rmr_buf_t b = {0};
+    rmr_buf_printf(&b,
+                   "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\n"
+                   "connection: close\r\n\r\n",
+                   status, text, ctype, blen);
+    rmr_buf_append(&b, body, blen);
+    free(body);
+    if (b.oom) {
+        rmr_buf_free(&b);
+        admin_close(a);
+        return;
+    }
+    a->resp = b.data;
+    a->resp_len = b.len;
+    a->resp_off = 0;
+    admin_send(a);
+}
+
+static void handle(admin_conn_t *a)
+{
+    char method[8], path[256];
+    if (sscanf(a->req, "%7s %255s", method, path) != 2) {
+        respond(a, 400, "text/plain", strdup("bad request\n"));
+        return;
+    }
+    char *q = strchr(path, '?');
+    if (q)
+        *q = 0;
+    if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
+        respond(a, 405, "text/plain", strdup("only GET\n"));
+        return;
+    }
+    unsigned nw = rmr_g.nworkers;
+    if (!strcmp(path, "/ready")) {
+        if (__atomic_load_n(&rmr_g.draining, __ATOMIC_ACQUIRE))
+            respond(a, 503, "text/plain", strdup("draining\n"));
+        else
+            respond(a, 200, "text/plain", strdup("ready\n"));
+    } else if (!strcmp(path, "/stats")) {
+        respond(a, 200, "application/json", rmr_stats_render_json(nw));
+    } else if (!strcmp(path, "/stats/prometheus")) {
+        respond(a, 200, "text/plain; version=0.0.4", rmr_stats_render_prometheus(nw));
+    } else if (!strcmp(path, "/config")) {
+        pthread_mutex_lock(&rmr_g.config_lock);
+        char *j = rmr_config_to_json(rmr_g.config);
+        pthread_mutex_unlock(&rmr_g.config_lock);
+        respond(a, 200, "application/json", j);
+    } else if (!strcmp(path, "/clusters")) {
+        respond(a, 200, "application/json", admin_render_clusters(nw));
+    } else {
+        respond(a, 404, "text/plain",
+                strdup("not found; try /ready /stats /stats/prometheus /config /clusters\n"));
+    }
+}
+
+static void on_admin_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags);
+
+static void admin_recv(admin_conn_t *a)
+{
+    struct io_uring_sqe *sqe = rmr_loop_sqe(adm.loop);
+    io_uring_prep_recv(sqe, a->fd, a->req + a->len, ADMIN_REQ_MAX - 1 - a->len, 0);
+    io_uring_sqe_set_data(sqe, &a->recv_op);
+    a->ops++;
+}
+
+static void on_admin_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
+{
+    admin_conn_t *a = (admin_conn_t *)((char *)op - offsetof(admin_conn_t, recv_op));
+    (void)loop;
+    (void)flags;
+    a->ops--;
+    if (a->closing || res <= 0) {
+        if (!a->closing)
+            admin_close(a);
+        else if (a->ops == 0)
+            admin_free(a);
+        return;
+    }
+    a->len += (size_t)res;
+    a->req[a->len] = 0;
+    if (strstr(a->req, "\r\n\r\n") || strstr(a->req, "\n\n")) {
+        rmr_timer_stop(adm.loop, &a->timer);
+        handle(a);
+    } else if (a->len >= ADMIN_REQ_MAX - 1) {
+        respond(a, 431, "text/plain", strdup("request too large\n"));
+    } else {
+        admin_recv(a);
+    }
+}
+
+static void on_admin_timer(rmr_loop_t *loop, rmr_timer_t *t)
+{
+    admin_conn_t *a = (admin_conn_t *)((char *)t - offsetof(admin_conn_t, timer));
+    (void)loop;
+    admin_close(a);
+}
+
+static void admin_arm(void);
+
+static void on_admin_accept(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
+{
+    (void)loop;
+    (void)op;
+    if (!(flags & IORING_CQE_F_MORE))
+        adm.armed = 0;
+    if (res >= 0) {
+        admin_conn_t *a = calloc(1, sizeof(*a));
+        if (!a) {
+            close(res);
+        } else {
+            a->fd = res;
+            a->recv_op.cb = on_admin_recv;
+            a->send_op.cb = on_admin_send;
+            a->timer.cb = on_admin_timer;
+            rmr_timer_set(adm.loop, &a->timer, 5000);
+            admin_recv(a);
+        }
+    }
+    if (!adm.armed && adm.fd >= 0)
+        admin_arm();
+}
+
+static void admin_arm(void)
+{
+    struct io_uring_sqe *sqe = rmr_loop_sqe(adm.loop);
+    io_uring_prep_multishot_accept(sqe, adm.fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data(sqe, &adm.accept_op);
+    adm.armed = 1;
+}
+
+int admin_start(rmr_loop_t *loop, const rmr_addr_t *addr)
+{
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 || listen(fd, 128) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    adm.loop = loop;
+    adm.fd = fd;
+    adm.accept_op.cb = on_admin_accept;
+    admin_arm();
+    return 0;
+}
+
+char *admin_render_clusters(unsigned nw)
+{
+    rmr_buf_t b = {0};
+    pthread_mutex_lock(&rmr_g.config_lock);
+    rmr_config_t *cfg = rmr_config_ref(rmr_g.config);
+    pthread_mutex_unlock(&rmr_g.config_lock);
+    rmr_buf_str(&b, "{\"services\":[");
+    for (size_t i = 0; i < cfg->n_services; i++) {
+        const rmr_service_conf_t *sc = &cfg->services[i];
+        rmr_svc_stats_t *ss = rmr_stats_service(sc->name);
+        rmr_buf_str(&b, i ? ",{\"name\":" : "{\"name\":");
+        rmr_buf_json_str(&b, sc->name);
+        static const char *const lbs[] = {"round_robin", "least_request", "random", "ring_hash"};
+        rmr_buf_printf(&b, ",\"load_balancer\":\"%s\"", lbs[sc->lb & 3]);
+        if (sc->dns_name) {
+            rmr_buf_str(&b, ",\"dns\":");
+            rmr_buf_json_str(&b, sc->dns_name);
+        }
+        rmr_buf_str(&b, ",\"endpoints\":[");
+        for (size_t k = 0; k < sc->n_endpoints; k++) {
+            const rmr_endpoint_conf_t *e = &sc->endpoints[k];
+            rmr_ep_counters_t sum = {0};
+            rmr_ep_stats_t *es = ss ? rmr_stats_endpoint(ss, e->addr.text) : NULL;
+            if (es)
+                rmr_stats_endpoint_sum(es, nw, &sum);
+            rmr_buf_str(&b, k ? ",{\"address\":" : "{\"address\":");
+            rmr_buf_json_str(&b, e->addr.text);
+            rmr_buf_printf(&b,
+                           ",\"state\":\"healthy\",\"active_requests\":%lu,\"requests\":%lu,"
+                           "\"failures\":%lu,\"labels\":{",
+                           sum.active, sum.requests, sum.failures);
+            for (size_t l = 0; l < e->n_labels; l++) {
+                if (l)
+                    rmr_buf_str(&b, ",");
+                rmr_buf_json_str(&b, e->labels[l].key);
+                rmr_buf_str(&b, ":");
+                rmr_buf_json_str(&b, e->labels[l].value);
+            }
+            rmr_buf_str(&b, "}}");
+        }
+        rmr_buf_str(&b, "]}");
+    }
+    rmr_buf_str(&b, "]}\n");
+    rmr_buf_append(&b, "", 1);
+    rmr_config_unref(cfg);
+    if (b.oom) {
+        rmr_buf_free(&b);
+        return NULL;
+    }
+    return b.data;
+}

@@ -1,0 +1,1418 @@
+/*
+ * The HTTP/1.1 proxy hop.
+ *
+ * A downstream connection carries one stream (request/response exchange) at a time; pipelined
+ * requests wait, parsed no further, in the connection's stash until the response before them
+ * has been written. The request head is parsed by llhttp into the stream's arena, routed, and
+ * re-serialised toward the upstream with hop-by-hop headers removed; bodies are streamed
+ * through as they arrive (re-framed when chunked) and never held whole. The upstream response
+ * travels back the same way.
+ *
+ * Every op a connection has in the kernel is counted in conn.ops; a closing connection is
+ * freed only once that count reaches zero, so no completion ever points at freed memory.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "remora/log.h"
+#include "proxy.h"
+#include "http1_parse.h"
+
+#define OUT_HIGH (256 * 1024) /* stop reading the source past this much unsent output */
+#define STASH_MAX (64 * 1024) /* pipelined bytes kept while a response is pending */
+#define MAX_IDLE_PER_ENDPOINT 1024
+
+typedef enum {
+    D_IDLE = 0, /* between requests */
+    D_HEAD,     /* reading a request head */
+    D_STREAM,   /* a request is routed; body and/or response flowing */
+    D_TUNNEL,   /* after 101 Switching Protocols */
+    D_CLOSING,  /* a final reply is being written; close after it */
+} dstate_t;
+
+typedef enum {
+    U_CONNECTING = 0,
+    U_ACTIVE,
+    U_IDLE,
+    U_TUNNEL,
+} ustate_t;
+
+typedef enum { FRAME_NONE = 0, FRAME_CL, FRAME_CHUNKED, FRAME_CLOSE } frame_t;
+
+typedef struct stream {
+    h1_msg_t req;     /* parsed request head; spans into req.arena */
+    h1_msg_t resp;    /* parsed response head */
+    view_t *view;
+    cluster_t *cluster;
+    endpoint_t *ep;
+    uint64_t start_us;
+    uint32_t timeout_ms;
+    frame_t req_out;  /* framing toward the upstream */
+    frame_t resp_out; /* framing toward the client */
+    uint64_t body_in; /* request body bytes so far */
+    uint64_t req_cl;  /* Content-Length of the request */
+    unsigned req_done : 1, resp_started : 1, resp_done : 1, head_req : 1, upgrade : 1,
+        keepalive : 1, replayable : 1, retried : 1, tunnel_ok : 1;
+} stream_t;
+
+struct conn {
+    rmr_op_t recv_op, send_op, connect_op;
+    worker_t *w;
+    conn_kind_t kind;
+    int fd;
+    int ops; /* ops in the kernel whose last completion is still due */
+    unsigned recv_armed : 1, recv_paused : 1, closing : 1, reused : 1,
+        close_after : 1, peer_eof : 1, in_list : 1;
+    uint8_t state;
+    rmr_buf_t *out;     /* bytes to send, appended */
+    rmr_buf_t *sending; /* bytes owned by the send op in flight */
+    size_t send_off;
+    rmr_buf_t *stash; /* downstream: pipelined bytes not yet parsed */
+    llhttp_t parser;
+    list_t link; /* downstream: worker's conns; upstream: endpoint's idle list */
+    rmr_timer_t timer;
+    conn_t *peer;
+    stream_t *st;     /* downstream: the current stream */
+    endpoint_t *ep;   /* upstream: its endpoint */
+    const listener_t *lst;
+    char client_ip[INET6_ADDRSTRLEN];
+};
+
+static llhttp_settings_t req_settings, resp_settings;
+
+static void conn_close(conn_t *c);
+static void conn_flush(conn_t *c);
+static void recv_arm(conn_t *c);
+static void down_feed(conn_t *d, const char *data, size_t len);
+static void up_feed(conn_t *u, const char *data, size_t len);
+static void stream_fail(conn_t *d, int status, const char *reason, rmr_uerr_t uerr);
+static void stream_dispatch(conn_t *d);
+static void up_release(conn_t *u, int reusable);
+
+/* ---- buffers ---- */
+
+rmr_buf_t *wbuf_get(worker_t *w)
+{
+    if (w->nfree_bufs)
+        return w->free_bufs[--w->nfree_bufs];
+    rmr_buf_t *b = calloc(1, sizeof(*b));
+    return b;
+}
+
+void wbuf_put(worker_t *w, rmr_buf_t *b)
+{
+    if (!b)
+        return;
+    b->len = 0;
+    b->oom = 0;
+    if (b->cap <= 32768 && w->nfree_bufs < sizeof(w->free_bufs) / sizeof(w->free_bufs[0])) {
+        w->free_bufs[w->nfree_bufs++] = b;
+        return;
+    }
+    rmr_buf_free(b);
+    free(b);
+}
+
+static rmr_buf_t *out_of(conn_t *c)
+{
+    if (!c->out)
+        c->out = wbuf_get(c->w);
+    return c->out;
+}
+
+static size_t pending(const conn_t *c)
+{
+    return (c->out ? c->out->len : 0) + (c->sending ? c->sending->len - c->send_off : 0);
+}
+
+static int out_append(conn_t *c, const void *p, size_t n)
+{
+    rmr_buf_t *b = out_of(c);
+    if (!b)
+        return -ENOMEM;
+    rmr_buf_append(b, p, n);
+    return b->oom ? -ENOMEM : 0;
+}
+
+/* ---- connection life ---- */
+
+static conn_t *conn_new(worker_t *w, conn_kind_t kind, int fd)
+{
+    conn_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->w = w;
+    c->kind = kind;
+    c->fd = fd;
+    list_init(&c->link);
+    w->nalloc++;
+    return c;
+}
+
+static void stream_free(conn_t *d)
+{
+    stream_t *st = d->st;
+    if (!st)
+        return;
+    d->st = NULL;
+    if (st->ep && st->ep->active) {
+        st->ep->active--;
+        RMR_STAT_DEC(st->ep->stats->active);
+    }
+    if (st->view)
+        view_put(st->view);
+    h1_msg_free(&st->req);
+    h1_msg_free(&st->resp);
+    free(st);
+}
+
+static void conn_free(conn_t *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    wbuf_put(c->w, c->out);
+    wbuf_put(c->w, c->sending);
+    wbuf_put(c->w, c->stash);
+    if (c->kind == CONN_DOWN) {
+        stream_free(c);
+    }
+    c->w->nalloc--;
+    free(c);
+}
+
+static void conn_close(conn_t *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    rmr_timer_stop(&c->w->loop, &c->timer);
+    worker_t *w = c->w;
+    if (c->kind == CONN_DOWN) {
+        list_del(&c->link);
+        w->nconns--;
+        RMR_STAT_DEC(rmr_wstats[w->id].downstream_cx_active);
+        conn_t *u = c->peer;
+        c->peer = NULL;
+        if (u) {
+            u->peer = NULL;
+            up_release(u, 0);
+        }
+    } else {
+        if (c->state == U_IDLE && c->in_list) {
+            list_del(&c->link);
+            c->in_list = 0;
+            c->ep->nidle--;
+        }
+        if (c->ep)
+            RMR_STAT_DEC(c->ep->cluster->stats->upstream_cx_active);
+        conn_t *d = c->peer;
+        c->peer = NULL;
+        if (d)
+            d->peer = NULL;
+    }
+    if (c->ops) {
+        struct io_uring_sqe *sqe = rmr_loop_sqe(&w->loop);
+        io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, 0);
+        /* shutdown also wakes a send blocked on a full socket buffer */
+        shutdown(c->fd, SHUT_RDWR);
+    } else {
+        conn_free(c);
+    }
+    if (w->draining && w->nconns == 0)
+        w->loop.stop = 1;
+}
+
+/* ---- sending ---- */
+
+static void submit_send(conn_t *c)
+{
+    struct io_uring_sqe *sqe = rmr_loop_sqe(&c->w->loop);
+    io_uring_prep_send(sqe, c->fd, c->sending->data + c->send_off,
+                       c->sending->len - c->send_off, MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_sqe_set_data(sqe, &c->send_op);
+    c->ops++;
+}
+
+static void conn_flush(conn_t *c)
+{
+    if (c->closing || c->sending || !c->out || !c->out->len)
+        return;
+    c->sending = c->out;
+    c->out = NULL;
+    c->send_off = 0;
+    submit_send(c);
+}
+
+static void down_after_send(conn_t *d);
+static void up_after_send(conn_t *u);
+
+static void on_send(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
+{
+    conn_t *c = (conn_t *)((char *)op - offsetof(conn_t, send_op));
+    (void)loop;
+    (void)flags;
+    c->ops--;
+    if (c->closing) {
+        if (c->ops == 0)
+            conn_free(c);
+        return;
+    }
+    if (res <= 0) {
+        if (c->kind == CONN_UP && c->peer)
+            stream_fail(c->peer, 502, "upstream-reset", RMR_UERR_RESET);
+        conn_close(c);
+        return;
+    }
+    c->send_off += (size_t)res;
+    if (c->send_off < c->sending->len) {
+        submit_send(c);
+        return;
+    }
+    wbuf_put(c->w, c->sending);
+    c->sending = NULL;
+    conn_flush(c);
+    if (c->kind == CONN_DOWN && c->state == D_STREAM && c->st)
+        rmr_timer_set(&c->w->loop, &c->timer, c->st->timeout_ms);
+    if (c->kind == CONN_DOWN)
+        down_after_send(c);
+    else
+        up_after_send(c);
+}
+
+/* ---- receiving ---- */
+
+static void on_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags);
+
+static void recv_arm(conn_t *c)
+{
+    if (c->recv_armed || c->closing)
+        return;
+    struct io_uring_sqe *sqe = rmr_loop_sqe(&c->w->loop);
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = 0;
+    io_uring_sqe_set_data(sqe, &c->recv_op);
+    c->recv_armed = 1;
+    c->ops++;
+}
+
+/* Stops reading c until recv_resume(): its output toward the peer is full. */
+static void recv_pause(conn_t *c)
+{
+    if (c->recv_paused)
+        return;
+    c->recv_paused = 1;
+    if (c->recv_armed) {
+        struct io_uring_sqe *sqe = rmr_loop_sqe(&c->w->loop);
+        io_uring_prep_cancel(sqe, &c->recv_op, 0);
+        io_uring_sqe_set_data64(sqe, 0);
+    }
+}
+
+static void recv_resume(conn_t *c)
+{
+    if (!c->recv_paused)
+        return;
+    c->recv_paused = 0;
+    recv_arm(c);
+}
+
+static void on_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
+{
+    conn_t *c = (conn_t *)((char *)op - offsetof(conn_t, recv_op));
+    int more = flags & IORING_CQE_F_MORE;
+    if (!more) {
+        c->recv_armed = 0;
+        c->ops--;
+    }
+    if (c->closing) {
+        if (flags & IORING_CQE_F_BUFFER)
+            rmr_loop_buf_put(loop, flags >> IORING_CQE_BUFFER_SHIFT);
+        if (c->ops == 0)
+            conn_free(c);
+        return;
+    }
+    if (res > 0) {
+        unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+        const char *data = rmr_loop_buf(loop, bid);
+        /* The feed copies what it keeps: the buffer goes back at once. */
+        if (c->kind == CONN_DOWN)
+            down_feed(c, data, (size_t)res);
+        else
+            up_feed(c, data, (size_t)res);
+        rmr_loop_buf_put(loop, bid);
+        if (!more && !c->closing && !c->recv_paused)
+            recv_arm(c);
+        return;
+    }
+    if (res == -ENOBUFS || (res == -ECANCELED && c->recv_paused)) {
+        /* Out of provided buffers: try again next turn; or paused on purpose. */
+        if (!c->recv_paused)
+            recv_arm(c);
+        return;
+    }
+    if (res == -ECANCELED) {
+        recv_arm(c);
+        return;
+    }
+    /* EOF or error. */
+    if (c->kind == CONN_DOWN) {
+        c->peer_eof = 1;
+        /* A client that half-closed after a whole request still gets its response. */
+        if (res == 0 && c->st && c->st->req_done && !c->st->resp_done && c->state == D_STREAM) {
+            c->close_after = 1;
+            return;
+        }
+        conn_close(c);
+    } else {
+        up_feed(c, NULL, res == 0 ? 0 : (size_t)-1);
+    }
+}
+
+/* ---- local replies ---- */
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Error";
+    }
+}
+
+static const char *reason_text(const char *reason)
+{
+    static const struct {
+        const char *reason, *text;
+    } texts[] = {
+        {"bad-request", "the request is malformed"},
+        {"no-route", "no route matches this request"},
+        {"header-timeout", "the request head did not arrive in time"},
+        {"body-too-large", "the request body is larger than allowed"},
+        {"headers-too-large", "the request head is larger than allowed"},
+        {"connect-failure", "could not connect to the upstream"},
+        {"connect-timeout", "timed out connecting to the upstream"},
+        {"upstream-reset", "the upstream closed or reset the connection"},
+        {"bad-upstream-response", "the upstream sent a malformed response"},
+        {"no-endpoint", "the service has no endpoint"},
+        {"upstream-timeout", "the upstream did not answer in time"},
+        {"method-not-allowed", "this method is not proxied"},
+        {"out-of-memory", "the proxy is out of memory"},
+        {"draining", "the proxy is shutting down"},
+    };
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
+        if (!strcmp(texts[i].reason, reason))
+            return texts[i].text;
+    return reason;
+}
+
+/*
+ * Writes a reply of remora's own to the client. keep: whether the connection may carry
+ * another request after it.
+ */
+static void local_reply(conn_t *d, int status, const char *reason, int keep)
+{
+    const char *text = reason_text(reason);
+    int n = (int)strlen(text) + 9;
+    rmr_buf_t *b = out_of(d);
+    if (!b) {
+        conn_close(d);
+        return;
+    }
+    rmr_buf_printf(b,
+                   "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                   "x-remora-error: %s\r\n%s\r\nremora: %s\n",
+                   status, status_text(status), n, reason, keep ? "" : "connection: close\r\n",
+                   text);
+    RMR_STAT_INC(rmr_wstats[d->w->id].local_replies[status / 100]);
+    if (status == 400)
+        RMR_STAT_INC(rmr_wstats[d->w->id].bad_requests);
+    if (!keep) {
+        d->close_after = 1;
+        d->state = D_CLOSING;
+        recv_pause(d);
+        /* A client that does not read its reply must not hold the connection forever. */
+        rmr_timer_set(&d->w->loop, &d->timer, 5000);
+    }
+    conn_flush(d);
+}
+
+/* ---- downstream timers ---- */
+
+static void on_down_timer(rmr_loop_t *loop, rmr_timer_t *t)
+{
+    conn_t *d = (conn_t *)((char *)t - offsetof(conn_t, timer));
+    (void)loop;
+    switch (d->state) {
+    case D_HEAD:
+        local_reply(d, 408, "header-timeout", 0);
+        break;
+    case D_STREAM:
+        if (d->st && !d->st->resp_started) {
+            if (d->st->cluster)
+                RMR_STAT_INC(d->st->cluster->stats->upstream_errors[RMR_UERR_TIMEOUT]);
+            stream_fail(d, 504, "upstream-timeout", RMR_UERR_TIMEOUT);
+        } else {
+            conn_close(d);
+        }
+        break;
+    default:
+        conn_close(d);
+        break;
+    }
+}
+
+/* ---- accepting ---- */
+
+void h1_accept(worker_t *w, listener_t *l, int fd)
+{
+    if (!w->view || w->draining || w->nconns >= w->view->config->limits.max_connections) {
+        close(fd);
+        return;
+    }
+    conn_t *d = conn_new(w, CONN_DOWN, fd);
+    if (!d) {
+        close(fd);
+        return;
+    }
+    d->lst = l;
+    d->recv_op.cb = on_recv;
+    d->send_op.cb = on_send;
+    d->timer.cb = on_down_timer;
+    llhttp_init(&d->parser, HTTP_REQUEST, &req_settings);
+    d->parser.data = d;
+    list_push(&w->conns, &d->link);
+    w->nconns++;
+    RMR_STAT_INC(rmr_wstats[w->id].downstream_cx_total);
+    RMR_STAT_INC(rmr_wstats[w->id].downstream_cx_active);
+    d->state = D_IDLE;
+    rmr_timer_set(&w->loop, &d->timer, w->view->config->limits.header_timeout_ms);
+    recv_arm(d);
+}
+
+/* Closes idle connections and asks busy ones to close after their response. */
+void h1_drain(worker_t *w)
+{
+    list_t *p = w->conns.next;
+    while (p != &w->conns) {
+        conn_t *d = list_entry(p, conn_t, link);
+        p = p->next;
+        if (d->state == D_IDLE && !pending(d))
+            conn_close(d);
+        else
+            d->close_after = 1;
+    }
+}
+
+/* ---- request parsing (downstream) ---- */
+
+static stream_t *stream_new(conn_t *d)
+{
+    const rmr_limits_t *lim = &d->w->view->config->limits;
+    stream_t *st = calloc(1, sizeof(*st));
+    if (!st)
+        return NULL;
+    h1_msg_init(&st->req, lim->max_header_bytes, lim->max_headers);
+    h1_msg_init(&st->resp, 1024 * 1024, 1000); /* upstreams are trusted more, not blindly */
+    if (rmr_buf_reserve(&st->req.arena, 512) < 0) {
+        free(st);
+        return NULL;
+    }
+    st->view = view_get(d->w->view);
+    st->keepalive = 1;
+    return st;
+}
+
+static int req_on_message_begin(llhttp_t *p)
+{
+    conn_t *d = p->data;
+    if (d->st) /* a request while the previous one is pending cannot happen: we pause */
+        return -1;
+    d->st = stream_new(d);
+    if (!d->st) {
+        return -1;
+    }
+    d->state = D_HEAD;
+    return 0;
+}
+
+#define REQ_MSG(p) (&((conn_t *)(p)->data)->st->req)
+
+static int req_on_url(llhttp_t *p, const char *at, size_t len)
+{
+    return h1_on_url(REQ_MSG(p), at, len);
+}
+static int req_on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    return h1_on_header_field(REQ_MSG(p), at, len);
+}
+static int req_on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    return h1_on_header_value(REQ_MSG(p), at, len);
+}
+static int req_on_header_value_complete(llhttp_t *p)
+{
+    return h1_on_header_value_complete(REQ_MSG(p));
+}
+
+/* Splits an absolute-form target "http://authority/path" into its parts. */
+static int split_absolute(const char *u, size_t n, const char **auth, size_t *alen,
+                          const char **path, size_t *plen)
+{
+    size_t skip;
+    if (n >= 7 && !strncasecmp(u, "http://", 7))
+        skip = 7;
+    else
+        return 0;
+    const char *a = u + skip, *e = u + n;
+    const char *q = a;
+    while (q < e && *q != '/' && *q != '?' && *q != '#')
+        q++;
+    *auth = a;
+    *alen = (size_t)(q - a);
+    *path = q < e ? q : "/";
+    *plen = q < e ? (size_t)(e - q) : 1;
+    return 1;
+}
+
+/* The request's authority (absolute-form target first, then Host), port stripped. */
+static void req_authority(const stream_t *st, const char **host, size_t *hlen, const char **path,
+                          size_t *plen, const char **full, size_t *flen)
+{
+    const h1_msg_t *m = &st->req;
+    const char *u = h1_str(m, m->url);
+    *path = u;
+    *plen = m->url.len;
+    *full = NULL;
+    *flen = 0;
+    if (!split_absolute(u, m->url.len, full, flen, path, plen) && m->host >= 0) {
+        *full = h1_str(m, m->hdrs[m->host].value);
+        *flen = m->hdrs[m->host].value.len;
+    }
+    *host = *full;
+    *hlen = *flen;
+    if (!*host)
+        return;
+    /* strip :port, keeping [v6] literals whole */
+    size_t i = *hlen;
+    while (i > 0 && (*host)[i - 1] >= '0' && (*host)[i - 1] <= '9')
+        i--;
+    if (i > 0 && i < *hlen && (*host)[i - 1] == ':')
+        *hlen = i - 1;
+}
+
+static ssize_t route_request(conn_t *d, const char *host, size_t hlen, const char *path,
+                             size_t plen, uint32_t *timeout_ms)
+{
+    const rmr_config_t *cfg = d->st->view->config;
+    const rmr_listener_conf_t *lc = d->lst->conf;
+    if (lc->inbound)
+        return (ssize_t)lc->inbound_service;
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        const rmr_route_conf_t *r = &cfg->routes[i];
+        if (r->match_service && (strlen(r->match_service) != hlen ||
+                                 strncasecmp(r->match_service, host, hlen)))
+            continue;
+        if (r->path_exact && (strlen(r->path_exact) != plen ||
+                              memcmp(r->path_exact, path, plen)))
+            continue;
+        if (r->path_prefix && r->path_prefix[0]) {
+            size_t n = strlen(r->path_prefix);
+            if (plen < n || memcmp(r->path_prefix, path, n))
+                continue;
+        }
+        if (r->timeout_ms)
+            *timeout_ms = r->timeout_ms;
+        return (ssize_t)r->service;
+    }
+    if (host)
+        return rmr_config_service(cfg, host, hlen);
+    return -1;
+}
+
+static void emit_headers(rmr_buf_t *b, const h1_msg_t *m, int skip_host)
+{
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        const h1_hdr_t *h = &m->hdrs[i];
+        if (h->dropped || (skip_host && h->kind == H_HOST))
+            continue;
+        rmr_buf_append(b, h1_str(m, h->name), h->name.len);
+        rmr_buf_append(b, ": ", 2);
+        if (h->value.len)
+            rmr_buf_append(b, h1_str(m, h->value), h->value.len);
+        rmr_buf_append(b, "\r\n", 2);
+    }
+}
+
+/* Serialises the request head toward the upstream into b. */
+static void build_upstream_head(conn_t *d, rmr_buf_t *b)
+{
+    stream_t *st = d->st;
+    const h1_msg_t *m = &st->req;
+    const char *host, *path, *full;
+    size_t hlen, plen, flen;
+    req_authority(st, &host, &hlen, &path, &plen, &full, &flen);
+    const char *method = llhttp_method_name(d->parser.method);
+    rmr_buf_str(b, method);
+    rmr_buf_append(b, " ", 1);
+    rmr_buf_append(b, path, plen);
+    rmr_buf_str(b, " HTTP/1.1\r\n");
+    if (full) {
+        rmr_buf_str(b, "host: ");
+        rmr_buf_append(b, full, flen);
+        rmr_buf_str(b, "\r\n");
+    }
+    emit_headers(b, m, 1);
+    if (st->upgrade) {
+        for (uint32_t i = 0; i < m->nhdrs; i++)
+            if (m->hdrs[i].kind == H_UPGRADE) {
+                rmr_buf_str(b, "connection: upgrade\r\nupgrade: ");
+                rmr_buf_append(b, h1_str(m, m->hdrs[i].value), m->hdrs[i].value.len);
+                rmr_buf_str(b, "\r\n");
+                break;
+            }
+    }
+    if (st->req_out == FRAME_CHUNKED)
+        rmr_buf_str(b, "transfer-encoding: chunked\r\n");
+    else if (d->parser.flags & F_CONTENT_LENGTH)
+        rmr_buf_printf(b, "content-length: %lu\r\n", (unsigned long)st->req_cl);
+    /* X-Forwarded-For: the values received, in order, then this client. */
+    rmr_buf_str(b, "x-forwarded-for: ");
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        if (m->hdrs[i].kind == H_X_FORWARDED_FOR && m->hdrs[i].value.len) {
+            rmr_buf_append(b, h1_str(m, m->hdrs[i].value), m->hdrs[i].value.len);
+            rmr_buf_append(b, ", ", 2);
+        }
+    rmr_buf_str(b, d->client_ip);
+    rmr_buf_str(b, "\r\n\r\n");
+}
+
+static int req_on_headers_complete(llhttp_t *p)
+{
+    conn_t *d = p->data;
+    stream_t *st = d->st;
+    worker_t *w = d->w;
+    const rmr_limits_t *lim = &st->view->config->limits;
+    h1_msg_t *m = &st->req;
+    RMR_STAT_INC(rmr_wstats[w->id].downstream_rq_total);
+    st->start_us = rmr_clock_us();
+    if (h1_msg_analyze(m) < 0)
+        return -1;
+    if (p->method == HTTP_CONNECT) {
+        m->err_status = 405;
+        m->err_reason = "method-not-allowed";
+        return -1;
+    }
+    st->keepalive = llhttp_should_keep_alive(p) && !(m->conn_tokens & H1_CONN_CLOSE);
+    st->head_req = p->method == HTTP_HEAD;
+    st->upgrade = p->upgrade && (m->conn_tokens & H1_CONN_UPGRADE);
+    if (p->flags & F_CHUNKED) {
+        st->req_out = FRAME_CHUNKED;
+    } else if (p->flags & F_CONTENT_LENGTH) {
+        st->req_cl = p->content_length;
+        st->req_out = p->content_length ? FRAME_CL : FRAME_NONE;
+        if (lim->max_body_bytes && p->content_length > lim->max_body_bytes) {
+            m->err_status = 413;
+            m->err_reason = "body-too-large";
+            return -1;
+        }
+    } else {
+        st->req_out = FRAME_NONE;
+    }
+    if (!d->client_ip[0]) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        if (getpeername(d->fd, (struct sockaddr *)&ss, &sl) == 0) {
+            if (ss.ss_family == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, d->client_ip,
+                          sizeof(d->client_ip));
+            else if (ss.ss_family == AF_INET6)
+                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, d->client_ip,
+                          sizeof(d->client_ip));
+        }
+        if (!d->client_ip[0])
+            strcpy(d->client_ip, "unknown");
+    }
+    const char *host, *path, *full;
+    size_t hlen, plen, flen;
+    req_authority(st, &host, &hlen, &path, &plen, &full, &flen);
+    uint32_t timeout = lim->request_timeout_ms;
+    ssize_t svc = route_request(d, host, hlen, path, plen, &timeout);
+    st->timeout_ms = timeout;
+    d->state = D_STREAM;
+    rmr_timer_set(&w->loop, &d->timer, timeout);
+    if (svc < 0 || (size_t)svc >= st->view->n_clusters) {
+        m->err_status = 404;
+        m->err_reason = "no-route";
+        /* Not malformed: with no body left to read the connection stays usable. */
+        return 0;
+    }
+    st->cluster = &st->view->clusters[svc];
+    RMR_STAT_INC(st->cluster->stats->requests);
+    st->replayable = st->req_out == FRAME_NONE && !st->upgrade;
+    stream_dispatch(d);
+    return st->upgrade ? 0 : 0;
+}
+
+static int req_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    conn_t *d = p->data;
+    stream_t *st = d->st;
+    if (st->req.err_status) /* refused: swallow the body of a request answered locally */
+        return 0;
+    st->body_in += len;
+    uint64_t max = st->view->config->limits.max_body_bytes;
+    if (max && st->body_in > max) {
+        st->req.err_status = 413;
+        st->req.err_reason = "body-too-large";
+        return -1;
+    }
+    conn_t *u = d->peer;
+    if (!u) /* the upstream failed already; the reply is on its way */
+        return 0;
+    if (st->req_out == FRAME_CHUNKED) {
+        char hdr[24];
+        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+        out_append(u, hdr, (size_t)n);
+        out_append(u, at, len);
+        out_append(u, "\r\n", 2);
+    } else {
+        out_append(u, at, len);
+    }
+    if (u->state != U_CONNECTING)
+        conn_flush(u);
+    if (pending(u) > OUT_HIGH)
+        recv_pause(d);
+    return 0;
+}
+
+static int req_on_message_complete(llhttp_t *p)
+{
+    conn_t *d = p->data;
+    stream_t *st = d->st;
+    st->req_done = 1;
+    if (!st->req.err_status && d->peer && st->req_out == FRAME_CHUNKED) {
+        out_append(d->peer, "0\r\n\r\n", 5);
+        if (d->peer->state != U_CONNECTING)
+            conn_flush(d->peer);
+    }
+    return HPE_PAUSED;
+}
+
+/* Feeds client bytes to the request parser, or stashes them while a response is pending. */
+static void down_feed(conn_t *d, const char *data, size_t len)
+{
+    worker_t *w = d->w;
+    if (d->state == D_TUNNEL) {
+        if (d->peer) {
+            out_append(d->peer, data, len);
+            conn_flush(d->peer);
+            if (pending(d->peer) > OUT_HIGH)
+                recv_pause(d);
+        }
+        rmr_timer_set(&w->loop, &d->timer, w->view->config->limits.idle_timeout_ms);
+        return;
+    }
+    if (d->state == D_CLOSING)
+        return;
+    if (d->st && d->st->req_done) {
+        /* Pipelined: keep for later, bounded. */
+        if (!d->stash)
+            d->stash = wbuf_get(w);
+        if (!d->stash || d->stash->len + len > STASH_MAX) {
+            recv_pause(d);
+            if (!d->stash || d->stash->len + len > STASH_MAX + 65536) {
+                conn_close(d);
+                return;
+            }
+        }
+        rmr_buf_append(d->stash, data, len);
+        return;
+    }
+    if (d->state == D_IDLE) {
+        d->state = D_HEAD;
+        rmr_timer_set(&w->loop, &d->timer, w->view->config->limits.header_timeout_ms);
+    }
+    llhttp_errno_t err = llhttp_execute(&d->parser, data, len);
+    if (err == HPE_OK)
+        return;
+    stream_t *st = d->st;
+    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+        const char *pos = llhttp_get_error_pos(&d->parser);
+        size_t used = pos && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
+        if (used < len) {
+            if (!d->stash)
+                d->stash = wbuf_get(w);
+            if (d->stash)
+                rmr_buf_append(d->stash, data + used, len - used);
+        }
+        if (st && st->req.err_status == 404) {
+            local_reply(d, 404, "no-route", st->keepalive && !st->upgrade);
+            st->resp_done = 1;
+        }
+        return;
+    }
+    /* A parse error, or a callback that refused the request. */
+    int status = 400;
+    const char *reason = "bad-request";
+    if (st && st->req.err_status) {
+        status = st->req.err_status;
+        reason = st->req.err_reason;
+    }
+    RMR_DEBUG("refusing request: %s (%s)", llhttp_errno_name(err), llhttp_get_error_reason(&d->parser));
+    if (st && st->resp_started) {
+        conn_close(d);
+        return;
+    }
+    if (d->peer) {
+        conn_t *u = d->peer;
+        d->peer = NULL;
+        u->peer = NULL;
+        up_release(u, 0);
+    }
+    if (st)
+        st->resp_done = 1;
+    local_reply(d, status, reason, 0);
+}
+
+/* ---- upstream connections ---- */
+
+static void on_connect(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags);
+static void on_up_timer(rmr_loop_t *loop, rmr_timer_t *t);
+
+static conn_t *up_connect(worker_t *w, endpoint_t *ep, int *err)
+{
+    const rmr_addr_t *a = &ep->conf->addr;
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *err = -errno;
+        return NULL;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    conn_t *u = conn_new(w, CONN_UP, fd);
+    if (!u) {
+        close(fd);
+        *err = -ENOMEM;
+        return NULL;
+    }
+    u->ep = ep;
+    u->recv_op.cb = on_recv;
+    u->send_op.cb = on_send;
+    u->connect_op.cb = on_connect;
+    u->timer.cb = on_up_timer;
+    u->state = U_CONNECTING;
+    llhttp_init(&u->parser, HTTP_RESPONSE, &resp_settings);
+    u->parser.data = u;
+    struct io_uring_sqe *sqe = rmr_loop_sqe(&w->loop);
+    io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&a->ss, a->len);
+    io_uring_sqe_set_data(sqe, &u->connect_op);
+    sqe->flags |= IOSQE_IO_LINK;
+    u->ops++;
+    static __thread struct __kernel_timespec ts; /* read at submit time only */
+    uint32_t ms = ep->cluster->conf->connect_timeout_ms;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+    sqe = rmr_loop_sqe(&w->loop);
+    io_uring_prep_link_timeout(sqe, &ts, 0);
+    io_uring_sqe_set_data64(sqe, 0);
+    /* The timespec must stay valid until submission: submit now. */
+    io_uring_submit(&w->loop.ring);
+    RMR_STAT_INC(ep->cluster->stats->upstream_cx_total);
+    RMR_STAT_INC(ep->cluster->stats->upstream_cx_active);
+    return u;
+}
+
+static void on_connect(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
+{
+    conn_t *u = (conn_t *)((char *)op - offsetof(conn_t, connect_op));
+    (void)loop;
+    (void)flags;
+    u->ops--;
+    if (u->closing) {
+        if (u->ops == 0)
+            conn_free(u);
+        return;
+    }
+    conn_t *d = u->peer;
+    if (res < 0) {
+        RMR_STAT_INC(u->ep->stats->failures);
+        if (d) {
+            if (res == -ECANCELED || res == -ETIME) {
+                RMR_STAT_INC(u->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_TIMEOUT]);
+                stream_fail(d, 504, "connect-timeout", RMR_UERR_CONNECT_TIMEOUT);
+            } else {
+                RMR_STAT_INC(u->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
+                stream_fail(d, 502, "connect-failure", RMR_UERR_CONNECT_FAILURE);
+            }
+        }
+        conn_close(u);
+        return;
+    }
+    u->state = U_ACTIVE;
+    recv_arm(u);
+    conn_flush(u);
+}
+
+static void on_up_timer(rmr_loop_t *loop, rmr_timer_t *t)
+{
+    conn_t *u = (conn_t *)((char *)t - offsetof(conn_t, timer));
+    (void)loop;
+    conn_close(u); /* idle in the pool for too long */
+}
+
+/* Gives u back to its endpoint's pool, or closes it. u has no peer any more. */
+static void up_release(conn_t *u, int reusable)
+{
+    u->peer = NULL;
+    endpoint_t *ep = u->ep;
+    if (!reusable || u->closing || u->state != U_ACTIVE || pending(u) || ep->nidle >= MAX_IDLE_PER_ENDPOINT ||
+        u->w->draining || u->recv_paused) {
+        conn_close(u);
+        return;
+    }
+    u->state = U_IDLE;
+    list_push(&ep->idle, &u->link);
+    u->in_list = 1;
+    ep->nidle++;
+    rmr_timer_set(&u->w->loop, &u->timer, ep->cluster->conf->idle_timeout_ms);
+}
+
+/* Closes an endpoint's idle connections (its view is going away). */
+void h1_pool_drop(endpoint_t *ep)
+{
+    while (!list_empty(&ep->idle)) {
+        conn_t *u = list_entry(ep->idle.next, conn_t, link);
+        conn_close(u);
+    }
+}
+
+void h1_pool_move(endpoint_t *from, endpoint_t *to)
+{
+    while (!list_empty(&from->idle)) {
+        conn_t *u = list_entry(from->idle.next, conn_t, link);
+        list_del(&u->link);
+        from->nidle--;
+        u->ep = to;
+        list_push(&to->idle, &u->link);
+        to->nidle++;
+    }
+}
+
+void h1_close_all(worker_t *w)
+{
+    while (!list_empty(&w->conns))
+        conn_close(list_entry(w->conns.next, conn_t, link));
+}
+
+/* Picks an endpoint and a connection for the routed request of d, and sends its head. */
+static void stream_dispatch(conn_t *d)
+{
+    stream_t *st = d->st;
+    worker_t *w = d->w;
+    endpoint_t *ep = cluster_pick(w, st->cluster);
+    if (!ep) {
+        RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_NO_ENDPOINT]);
+        stream_fail(d, 503, "no-endpoint", RMR_UERR_NO_ENDPOINT);
+        return;
+    }
+    if (st->ep && st->ep->active) {
+        st->ep->active--;
+        RMR_STAT_DEC(st->ep->stats->active);
+    }
+    st->ep = ep;
+    ep->active++;
+    RMR_STAT_INC(ep->stats->active);
+    RMR_STAT_INC(ep->stats->requests);
+    conn_t *u = NULL;
+    if (!list_empty(&ep->idle)) {
+        u = list_entry(ep->idle.next, conn_t, link);
+        list_del(&u->link);
+        u->in_list = 0;
+        ep->nidle--;
+        rmr_timer_stop(&w->loop, &u->timer);
+        u->state = U_ACTIVE;
+        u->reused = 1;
+    } else {
+        int err = 0;
+        u = up_connect(w, ep, &err);
+        if (!u) {
+            RMR_WARN("upstream %s: cannot open a socket: %s", ep->conf->addr.text, strerror(-err));
+            RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
+            stream_fail(d, 502, "connect-failure", RMR_UERR_CONNECT_FAILURE);
+            return;
+        }
+    }
+    u->peer = d;
+    d->peer = u;
+    h1_msg_reset(&st->resp);
+    rmr_buf_t *b = out_of(u);
+    if (!b) {
+        stream_fail(d, 503, "out-of-memory", RMR_UERR_RESET);
+        return;
+    }
+    build_upstream_head(d, b);
+    if (b->oom) {
+        stream_fail(d, 503, "out-of-memory", RMR_UERR_RESET);
+        return;
+    }
+    if (u->state == U_ACTIVE)
+        conn_flush(u);
+}
+
+/*
+ * The upstream side of d's stream failed before or during the response. If nothing was
+ * written to the client yet, answer locally; otherwise the client connection must close.
+ */
+static void stream_fail(conn_t *d, int status, const char *reason, rmr_uerr_t uerr)
+{
+    stream_t *st = d->st;
+    (void)uerr;
+    if (d->peer) {
+        conn_t *u = d->peer;
+        d->peer = NULL;
+        u->peer = NULL;
+        up_release(u, 0);
+    }
+    if (!st || st->resp_started || st->resp_done) {
+        conn_close(d);
+        return;
+    }
+    if (st->cluster)
+        RMR_STAT_INC(st->cluster->stats->responses[status / 100]);
+    st->resp_done = 1;
+    /* keep-alive only when the whole request was read */
+    local_reply(d, status, reason, st->req_done && st->keepalive);
+}
+
+/* ---- response parsing (upstream) ---- */
+
+#define RESP_MSG(p) (&((conn_t *)(p)->data)->peer->st->resp)
+
+static int resp_on_message_begin(llhttp_t *p)
+{
+    conn_t *u = p->data;
+    if (!u->peer || !u->peer->st)
+        return -1; /* bytes from an upstream nobody asked */
+    h1_msg_reset(RESP_MSG(p));
+    return 0;
+}
+static int resp_on_status(llhttp_t *p, const char *at, size_t len)
+{
+    return h1_on_status(RESP_MSG(p), at, len);
+}
+static int resp_on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    return h1_on_header_field(RESP_MSG(p), at, len);
+}
+static int resp_on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    return h1_on_header_value(RESP_MSG(p), at, len);
+}
+static int resp_on_header_value_complete(llhttp_t *p)
+{
+    return h1_on_header_value_complete(RESP_MSG(p));
+}
+
+static int resp_on_headers_complete(llhttp_t *p)
+{
+    conn_t *u = p->data;
+    conn_t *d = u->peer;
+    stream_t *st = d->st;
+    h1_msg_t *m = &st->resp;
+    if (h1_msg_analyze(m) < 0)
+        return -1;
+    int status = p->status_code;
+    int interim = status >= 100 && status < 200 && status != 101;
+    int client11 = d->parser.http_major == 1 && d->parser.http_minor >= 1;
+    rmr_buf_t *b = out_of(d);
+    if (!b)
+        return -1;
+    if (!interim) {
+        st->resp_started = 1;
+        if (!st->keepalive || d->close_after || d->w->draining)
+            d->close_after = 1;
+    }
+    if (status == 101 && st->upgrade) {
+        st->tunnel_ok = 1;
+        st->resp_out = FRAME_NONE;
+    } else if (interim || status == 204 || status == 304 || st->head_req) {
+        st->resp_out = FRAME_NONE;
+    } else if (p->flags & F_CHUNKED) {
+        st->resp_out = client11 ? FRAME_CHUNKED : FRAME_CLOSE;
+    } else if (p->flags & F_CONTENT_LENGTH) {
+        st->resp_out = FRAME_CL;
+    } else {
+        st->resp_out = client11 ? FRAME_CHUNKED : FRAME_CLOSE;
+    }
+    if (st->resp_out == FRAME_CLOSE)
+        d->close_after = 1;
+    rmr_buf_printf(b, "HTTP/1.1 %d ", status);
+    if (m->status_text.len)
+        rmr_buf_append(b, h1_str(m, m->status_text), m->status_text.len);
+    rmr_buf_str(b, "\r\n");
+    emit_headers(b, m, 0);
+    if (st->tunnel_ok) {
+        for (uint32_t i = 0; i < m->nhdrs; i++)
+            if (m->hdrs[i].kind == H_UPGRADE) {
+                rmr_buf_str(b, "connection: upgrade\r\nupgrade: ");
+                rmr_buf_append(b, h1_str(m, m->hdrs[i].value), m->hdrs[i].value.len);
+                rmr_buf_str(b, "\r\n");
+            }
+    } else if (!interim) {
+        if (st->resp_out == FRAME_CHUNKED)
+            rmr_buf_str(b, "transfer-encoding: chunked\r\n");
+        else if ((p->flags & F_CONTENT_LENGTH) && status != 204)
+            rmr_buf_printf(b, "content-length: %lu\r\n", (unsigned long)p->content_length);
+        if (d->close_after)
+            rmr_buf_str(b, "connection: close\r\n");
+    }
+    rmr_buf_str(b, "\r\n");
+    if (b->oom)
+        return -1;
+    conn_flush(d);
+    if (st->tunnel_ok)
+        return 2;
+    if (st->head_req && !interim)
+        return 1;
+    return 0;
+}
+
+static int resp_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    conn_t *u = p->data;
+    conn_t *d = u->peer;
+    stream_t *st = d->st;
+    if (st->resp_out == FRAME_CHUNKED) {
+        char hdr[24];
+        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+        out_append(d, hdr, (size_t)n);
+        out_append(d, at, len);
+        out_append(d, "\r\n", 2);
+    } else {
+        out_append(d, at, len);
+    }
+    conn_flush(d);
+    if (pending(d) > OUT_HIGH)
+        recv_pause(u);
+    return 0;
+}
+
+static void stream_record(conn_t *d)
+{
+    stream_t *st = d->st;
+    uint64_t us = rmr_clock_us() - st->start_us;
+    int cls = d->peer ? d->peer->parser.status_code / 100 : 0;
+    if (cls < 1 || cls > 5)
+        cls = 5;
+    if (st->cluster) {
+        RMR_STAT_INC(st->cluster->stats->responses[cls]);
+        rmr_hist_add(&st->cluster->stats->latency, us);
+    }
+    rmr_hist_add(&rmr_wstats[d->w->id].latency, us);
+}
+
+static int resp_on_message_complete(llhttp_t *p)
+{
+    conn_t *u = p->data;
+    conn_t *d = u->peer;
+    stream_t *st = d->st;
+    int status = p->status_code;
+    if (status >= 100 && status < 200 && status != 101)
+        return 0; /* an interim response: the final one follows */
+    if (st->resp_out == FRAME_CHUNKED)
+        out_append(d, "0\r\n\r\n", 5);
+    stream_record(d);
+    st->resp_done = 1;
+    conn_flush(d);
+    return HPE_PAUSED;
+}
+
+/* Feeds upstream bytes to the response parser. len (size_t)-1 means a reset, data NULL and
+ * len 0 the upstream's EOF. */
+static void up_feed(conn_t *u, const char *data, size_t len)
+{
+    conn_t *d = u->peer;
+    if (u->state == U_TUNNEL) {
+        if (!d || !data) {
+            /* The upstream ended the tunnel: the client gets what is queued, then EOF. */
+            if (d) {
+                d->close_after = 1;
+                d->peer = NULL;
+                if (!pending(d))
+                    conn_close(d);
+            }
+            conn_close(u);
+            return;
+        }
+        out_append(d, data, len);
+        conn_flush(d);
+        if (pending(d) > OUT_HIGH)
+            recv_pause(u);
+        return;
+    }
+    if (!d || !d->st) {
+        /* An idle pooled connection: EOF, a reset, or bytes nobody asked for. */
+        conn_close(u);
+        return;
+    }
+    stream_t *st = d->st;
+    llhttp_errno_t err;
+    if (!data) {
+        if (len == 0 && st->resp_started) {
+            err = llhttp_finish(&u->parser); /* a body delimited by close ends here */
+            if (err == HPE_OK && st->resp_done) {
+                up_release(u, 0);
+                return;
+            }
+        }
+        /* Closed or reset before the response was complete. */
+        if (!st->resp_started && u->reused && st->replayable && !st->retried) {
+            /* A keep-alive connection the upstream closed as we reused it: the request never
+             * reached the app. Try once more on a fresh connection. */
+            st->retried = 1;
+            d->peer = NULL;
+            u->peer = NULL;
+            conn_close(u);
+            stream_dispatch(d);
+            return;
+        }
+        RMR_STAT_INC(u->ep->stats->failures);
+        RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_RESET]);
+        stream_fail(d, 502, "upstream-reset", RMR_UERR_RESET);
+        conn_close(u);
+        return;
+    }
+    rmr_timer_set(&d->w->loop, &d->timer, st->timeout_ms);
+    err = llhttp_execute(&u->parser, data, len);
+    if (err == HPE_OK)
+        return;
+    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+        const char *pos = llhttp_get_error_pos(&u->parser);
+        size_t used = pos && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
+        if (st->tunnel_ok) {
+            if (used < len)
+                out_append(d, data + used, len - used);
+            u->state = U_TUNNEL;
+            d->state = D_TUNNEL;
+            if (d->stash && d->stash->len) {
+                out_append(u, d->stash->data, d->stash->len);
+                d->stash->len = 0;
+                conn_flush(u);
+            }
+            llhttp_resume_after_upgrade(&d->parser);
+            conn_flush(d);
+            return;
+        }
+        llhttp_resume(&u->parser);
+        /* Bytes after the response, or a response the upstream wants closed: no reuse. */
+        int reusable = used == len && llhttp_should_keep_alive(&u->parser) && st->req_done;
+        d->peer = NULL;
+        up_release(u, reusable);
+        return;
+    }
+    RMR_WARN("upstream %s: bad response: %s", u->ep->conf->addr.text, llhttp_errno_name(err));
+    RMR_STAT_INC(u->ep->stats->failures);
+    RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_BAD_RESPONSE]);
+    stream_fail(d, 502, "bad-upstream-response", RMR_UERR_BAD_RESPONSE);
+    conn_close(u);
+}
+
+/* ---- after a send completed ---- */
+
+static void up_after_send(conn_t *u)
+{
+    conn_t *d = u->peer;
+    if (d && d->recv_paused && pending(u) <= OUT_HIGH / 2 && d->state != D_CLOSING)
+        recv_resume(d);
+}
+
+/* The stream is over: count it, and make the connection ready for the next request. */
+static void stream_end(conn_t *d)
+{
+    worker_t *w = d->w;
+    stream_t *st = d->st;
+    if (d->peer) { /* the request body was still flowing: the upstream cannot be reused */
+        conn_t *u = d->peer;
+        d->peer = NULL;
+        u->peer = NULL;
+        up_release(u, 0);
+    }
+    int keep = st->keepalive && st->req_done && !d->close_after && !w->draining;
+    stream_free(d);
+    if (!keep) {
+        conn_close(d);
+        return;
+    }
+    d->state = D_IDLE;
+    rmr_timer_set(&w->loop, &d->timer, w->view->config->limits.idle_timeout_ms);
+    llhttp_resume(&d->parser);
+    if (d->stash && d->stash->len) {
+        rmr_buf_t *s = d->stash;
+        d->stash = NULL;
+        down_feed(d, s->data, s->len);
+        wbuf_put(w, s);
+    }
+    if (!d->closing)
+        recv_resume(d);
+}
+
+static void down_after_send(conn_t *d)
+{
+    if (d->peer && d->peer->recv_paused && pending(d) <= OUT_HIGH / 2)
+        recv_resume(d->peer);
+    if (pending(d))
+        return;
+    if (d->state == D_CLOSING) {
+        conn_close(d);
+        return;
+    }
+    if (d->state == D_TUNNEL) {
+        if (d->close_after && !d->peer)
+            conn_close(d);
+        return;
+    }
+    if (d->st && d->st->resp_done)
+        stream_end(d);
+}
+
+/* ---- settings ---- */
+
+__attribute__((constructor)) static void h1_settings_init(void)
+{
+    llhttp_settings_init(&req_settings);
+    req_settings.on_message_begin = req_on_message_begin;
+    req_settings.on_url = req_on_url;
+    req_settings.on_header_field = req_on_header_field;
+    req_settings.on_header_value = req_on_header_value;
+    req_settings.on_header_value_complete = req_on_header_value_complete;
+    req_settings.on_headers_complete = req_on_headers_complete;
+    req_settings.on_body = req_on_body;
+    req_settings.on_message_complete = req_on_message_complete;
+
+    llhttp_settings_init(&resp_settings);
+    resp_settings.on_message_begin = resp_on_message_begin;
+    resp_settings.on_status = resp_on_status;
+    resp_settings.on_header_field = resp_on_header_field;
+    resp_settings.on_header_value = resp_on_header_value;
+    resp_settings.on_header_value_complete = resp_on_header_value_complete;
+    resp_settings.on_headers_complete = resp_on_headers_complete;
+    resp_settings.on_body = resp_on_body;
+    resp_settings.on_message_complete = resp_on_message_complete;
+}

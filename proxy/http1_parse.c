@@ -1,0 +1,208 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http1_parse.h"
+
+void h1_msg_init(h1_msg_t *m, uint32_t max_bytes, uint32_t max_hdrs)
+{
+    memset(m, 0, sizeof(*m));
+    m->max_bytes = max_bytes;
+    m->max_hdrs = max_hdrs;
+    m->host = -1;
+}
+
+void h1_msg_reset(h1_msg_t *m)
+{
+    m->arena.len = 0;
+    m->arena.oom = 0;
+    m->nhdrs = 0;
+    m->in = 0;
+    m->err_status = 0;
+    m->err_reason = NULL;
+    m->conn_tokens = 0;
+    m->host = -1;
+    m->te_chunked = 0;
+    memset(&m->url, 0, sizeof(m->url));
+    memset(&m->status_text, 0, sizeof(m->status_text));
+}
+
+void h1_msg_free(h1_msg_t *m)
+{
+    rmr_buf_free(&m->arena);
+    free(m->hdrs);
+    m->hdrs = NULL;
+    m->nhdrs = m->caphdrs = 0;
+}
+
+static int refuse(h1_msg_t *m, int status, const char *reason)
+{
+    m->err_status = status;
+    m->err_reason = reason;
+    return -1;
+}
+
+static int arena_add(h1_msg_t *m, h1_span_t *s, const char *at, size_t len)
+{
+    if (m->arena.len + len > m->max_bytes)
+        return refuse(m, 431, "headers-too-large");
+    if (s->len == 0)
+        s->off = (uint32_t)m->arena.len;
+    rmr_buf_append(&m->arena, at, len);
+    if (m->arena.oom)
+        return refuse(m, 503, "out-of-memory");
+    s->len += (uint32_t)len;
+    return 0;
+}
+
+int h1_on_url(h1_msg_t *m, const char *at, size_t len)
+{
+    return arena_add(m, &m->url, at, len);
+}
+
+int h1_on_status(h1_msg_t *m, const char *at, size_t len)
+{
+    return arena_add(m, &m->status_text, at, len);
+}
+
+int h1_on_header_field(h1_msg_t *m, const char *at, size_t len)
+{
+    if (m->in != 1) {
+        if (m->nhdrs == m->max_hdrs)
+            return refuse(m, 431, "headers-too-large");
+        if (m->nhdrs == m->caphdrs) {
+            uint32_t cap = m->caphdrs ? m->caphdrs * 2 : 16;
+            if (cap > m->max_hdrs)
+                cap = m->max_hdrs;
+            h1_hdr_t *h = realloc(m->hdrs, cap * sizeof(*h));
+            if (!h)
+                return refuse(m, 503, "out-of-memory");
+            m->hdrs = h;
+            m->caphdrs = cap;
+        }
+        memset(&m->hdrs[m->nhdrs], 0, sizeof(m->hdrs[0]));
+        m->nhdrs++;
+        m->in = 1;
+    }
+    return arena_add(m, &m->hdrs[m->nhdrs - 1].name, at, len);
+}
+
+int h1_on_header_value(h1_msg_t *m, const char *at, size_t len)
+{
+    /* Control characters other than HTAB never belong in a field value (RFC 9110 5.5); a CR
+     * or LF here would be a folded line or a smuggling attempt. */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)at[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return refuse(m, 400, "bad-request");
+    }
+    if (m->in != 2 && m->nhdrs)
+        m->in = 2;
+    if (!m->nhdrs)
+        return refuse(m, 400, "bad-request");
+    return arena_add(m, &m->hdrs[m->nhdrs - 1].value, at, len);
+}
+
+int h1_on_header_value_complete(h1_msg_t *m)
+{
+    m->in = 0;
+    return 0;
+}
+
+int h1_span_eq(const h1_msg_t *m, h1_span_t s, const char *lit)
+{
+    size_t n = strlen(lit);
+    return s.len == n && strncasecmp(h1_str(m, s), lit, n) == 0;
+}
+
+static uint8_t classify(const h1_msg_t *m, h1_span_t name)
+{
+    static const struct {
+        const char *name;
+        uint8_t kind;
+    } known[] = {
+        {"connection", H_CONNECTION},
+        {"keep-alive", H_KEEP_ALIVE},
+        {"proxy-connection", H_PROXY_CONNECTION},
+        {"te", H_TE},
+        {"transfer-encoding", H_TRANSFER_ENCODING},
+        {"upgrade", H_UPGRADE},
+        {"content-length", H_CONTENT_LENGTH},
+        {"host", H_HOST},
+        {"x-forwarded-for", H_X_FORWARDED_FOR},
+        {"trailer", H_TRAILER},
+    };
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (h1_span_eq(m, name, known[i].name))
+            return known[i].kind;
+    return H_OTHER;
+}
+
+/* Calls fn for each comma-separated token of a header value, trimmed. */
+static void each_token(const char *v, size_t len, void (*fn)(const char *, size_t, void *),
+                       void *arg)
+{
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < len && v[i] != ',')
+            i++;
+        size_t e = i;
+        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+            e--;
+        if (e > s)
+            fn(v + s, e - s, arg);
+    }
+}
+
+static void conn_token(const char *t, size_t n, void *arg)
+{
+    h1_msg_t *m = arg;
+    if (n == 5 && !strncasecmp(t, "close", 5))
+        m->conn_tokens |= H1_CONN_CLOSE;
+    else if (n == 10 && !strncasecmp(t, "keep-alive", 10))
+        m->conn_tokens |= H1_CONN_KEEPALIVE;
+    else if (n == 7 && !strncasecmp(t, "upgrade", 7))
+        m->conn_tokens |= H1_CONN_UPGRADE;
+    /* Any other token names a header that is hop-by-hop for this connection. */
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        h1_span_t nm = m->hdrs[i].name;
+        if (nm.len == n && !strncasecmp(h1_str(m, nm), t, n))
+            m->hdrs[i].dropped = 1;
+    }
+}
+
+int h1_msg_analyze(h1_msg_t *m)
+{
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        h1_hdr_t *h = &m->hdrs[i];
+        h->kind = classify(m, h->name);
+        switch (h->kind) {
+        case H_HOST:
+            if (m->host >= 0)
+                return refuse(m, 400, "bad-request"); /* RFC 9112 3.2: several Host */
+            m->host = (int)i;
+            break;
+        case H_CONNECTION:
+        case H_KEEP_ALIVE:
+        case H_PROXY_CONNECTION:
+        case H_TE:
+        case H_TRANSFER_ENCODING:
+        case H_UPGRADE:
+        case H_CONTENT_LENGTH:
+        case H_X_FORWARDED_FOR:
+            /* Framing, XFF and hop-by-hop headers are written anew by the proxy. */
+            h->dropped = 1;
+            break;
+        default:
+            break;
+        }
+    }
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        if (m->hdrs[i].kind == H_CONNECTION)
+            each_token(h1_str(m, m->hdrs[i].value), m->hdrs[i].value.len, conn_token, m);
+    return 0;
+}

@@ -1,0 +1,88 @@
+/*
+ * HTTP/1 message heads: llhttp span callbacks collect the start line and headers of one message
+ * into an arena, with limits, and classify the headers a proxy must act on. Shared by the
+ * proxy and the fuzz target. Not thread-safe; one h1_msg_t per message being parsed.
+ */
+#ifndef REMORA_HTTP1_PARSE_H
+#define REMORA_HTTP1_PARSE_H
+
+#include <stdint.h>
+#include <llhttp.h>
+
+#include "remora/buf.h"
+
+typedef struct h1_span {
+    uint32_t off, len;
+} h1_span_t;
+
+/* Headers a proxy treats specially. */
+enum {
+    H_OTHER = 0,
+    H_CONNECTION,
+    H_KEEP_ALIVE,
+    H_PROXY_CONNECTION,
+    H_TE,
+    H_TRANSFER_ENCODING,
+    H_UPGRADE,
+    H_CONTENT_LENGTH,
+    H_HOST,
+    H_X_FORWARDED_FOR,
+    H_PROXY_AUTHORIZATION, /* hop-by-hop toward an upstream? kept: we are not the proxy it names */
+    H_TRAILER,
+};
+
+typedef struct h1_hdr {
+    h1_span_t name, value;
+    uint8_t kind;    /* H_* */
+    uint8_t dropped; /* named by Connection: or hop-by-hop: not forwarded */
+} h1_hdr_t;
+
+/* Connection header tokens. */
+#define H1_CONN_CLOSE 0x1
+#define H1_CONN_KEEPALIVE 0x2
+#define H1_CONN_UPGRADE 0x4
+
+typedef struct h1_msg {
+    rmr_buf_t arena;
+    h1_span_t url, status_text;
+    h1_hdr_t *hdrs;
+    uint32_t nhdrs, caphdrs;
+    uint32_t max_bytes; /* head bytes allowed (431 past it) */
+    uint32_t max_hdrs;  /* headers allowed (431 past it) */
+    uint8_t in;         /* 1: inside a header name, 2: inside a value */
+    int err_status;     /* set by a callback that refused the message: 400 or 431 */
+    const char *err_reason;
+    /* filled by h1_msg_analyze() */
+    uint32_t conn_tokens;
+    int host; /* index of Host, -1 */
+    int te_chunked;
+} h1_msg_t;
+
+void h1_msg_init(h1_msg_t *m, uint32_t max_bytes, uint32_t max_hdrs);
+/* Forgets the message, keeps the memory. */
+void h1_msg_reset(h1_msg_t *m);
+void h1_msg_free(h1_msg_t *m);
+
+/* Span callbacks; each returns 0 or -1 (then err_status says why). */
+int h1_on_url(h1_msg_t *m, const char *at, size_t len);
+int h1_on_status(h1_msg_t *m, const char *at, size_t len);
+int h1_on_header_field(h1_msg_t *m, const char *at, size_t len);
+int h1_on_header_value(h1_msg_t *m, const char *at, size_t len);
+int h1_on_header_value_complete(h1_msg_t *m);
+
+/*
+ * Classifies headers once the head is complete: hop-by-hop headers and those named in
+ * Connection are marked dropped, Connection tokens are collected. Returns 0, or -1 with
+ * err_status 400 when the head is one a proxy must refuse (e.g. several Host headers).
+ */
+int h1_msg_analyze(h1_msg_t *m);
+
+static inline const char *h1_str(const h1_msg_t *m, h1_span_t s)
+{
+    return m->arena.data + s.off;
+}
+
+/* Case-insensitive compare of a span with a lowercase literal. */
+int h1_span_eq(const h1_msg_t *m, h1_span_t s, const char *lit);
+
+#endif

@@ -1,0 +1,152 @@
+/*
+ * Private types of the data plane: workers, their views of a config snapshot, upstream
+ * clusters and connections.
+ */
+#ifndef REMORA_PROXY_H
+#define REMORA_PROXY_H
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdint.h>
+
+#include <llhttp.h>
+
+#include "remora/buf.h"
+#include "remora/config.h"
+#include "remora/loop.h"
+#include "remora/stats.h"
+
+typedef struct worker worker_t;
+typedef struct view view_t;
+typedef struct cluster cluster_t;
+typedef struct endpoint endpoint_t;
+typedef struct conn conn_t;
+
+/* An intrusive doubly-linked list. */
+typedef struct list {
+    struct list *prev, *next;
+} list_t;
+
+static inline void list_init(list_t *l)
+{
+    l->prev = l->next = l;
+}
+static inline int list_empty(const list_t *l)
+{
+    return l->next == l;
+}
+static inline void list_push(list_t *head, list_t *n)
+{
+    n->next = head->next;
+    n->prev = head;
+    head->next->prev = n;
+    head->next = n;
+}
+static inline void list_del(list_t *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+#define list_entry(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+/* One endpoint of a cluster, as one worker sees it. */
+struct endpoint {
+    const rmr_endpoint_conf_t *conf;
+    cluster_t *cluster;
+    uint32_t active;    /* requests in flight from this worker */
+    uint32_t nidle;     /* idle keep-alive connections */
+    rmr_ep_counters_t *stats; /* this worker's slot, for /clusters */
+    list_t idle;        /* of conn_t.pool */
+};
+
+/* A service of the config, as one worker sees it. */
+struct cluster {
+    const rmr_service_conf_t *conf;
+    view_t *view;
+    rmr_counters_t *stats; /* this worker's slot of the service's stats */
+    uint32_t n_endpoints;
+    uint32_t rr;
+    endpoint_t *endpoints;
+};
+
+/* One worker's view of one config snapshot. Streams hold a reference so that a reload never
+ * pulls a cluster from under a request. */
+struct view {
+    int refs;
+    rmr_config_t *config;
+    uint32_t n_clusters;
+    cluster_t *clusters;
+};
+
+/* A TCP connection, to a client (downstream) or to an upstream endpoint. */
+typedef enum { CONN_DOWN = 0, CONN_UP } conn_kind_t;
+
+typedef struct listener {
+    rmr_op_t accept_op;
+    worker_t *w;
+    const rmr_listener_conf_t *conf;
+    size_t index;
+    int fd;
+    int armed;
+} listener_t;
+
+struct worker {
+    rmr_loop_t loop;
+    unsigned id;
+    pthread_t thread;
+    view_t *view;
+    uint64_t config_gen;
+    size_t n_listeners;
+    listener_t *listeners;
+    list_t conns;      /* all downstream connections */
+    uint32_t nconns;
+    int draining;
+    uint64_t drain_deadline;
+    rmr_timer_t drain_timer;
+    int start_err; /* result of setup, read by main */
+    sem_t started;
+    int exited;
+    int running; /* the loop exists: it may be woken */
+    uint32_t nalloc; /* conn_t objects alive, both kinds */
+    char start_msg[256];
+    rmr_buf_t *free_bufs[64]; /* output buffer pool */
+    unsigned nfree_bufs;
+    uint64_t rng;
+};
+
+/* The global state shared by main and workers. */
+typedef struct remora {
+    unsigned nworkers;
+    worker_t *workers;
+    pthread_mutex_t config_lock;
+    rmr_config_t *config; /* current snapshot; under config_lock */
+    uint64_t config_gen;  /* bumped on each swap; read by workers each turn */
+    int draining;
+} remora_t;
+
+extern remora_t rmr_g;
+
+/* worker.c */
+int worker_start(worker_t *w);
+void worker_notify(worker_t *w);
+view_t *view_get(view_t *v);
+void view_put(view_t *v);
+
+/* Output buffer pool (per worker). */
+rmr_buf_t *wbuf_get(worker_t *w);
+void wbuf_put(worker_t *w, rmr_buf_t *b);
+
+/* http1.c */
+void h1_accept(worker_t *w, listener_t *l, int fd);
+void h1_drain(worker_t *w);
+void h1_pool_drop(endpoint_t *ep);
+/* Moves the idle connections of from into to (same address, a newer view). */
+void h1_pool_move(endpoint_t *from, endpoint_t *to);
+/* Closes every downstream connection of w at once. */
+void h1_close_all(worker_t *w);
+
+/* upstream.c */
+endpoint_t *cluster_pick(worker_t *w, cluster_t *c);
+
+#endif
