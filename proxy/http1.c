@@ -68,7 +68,7 @@ struct conn {
     int fd;
     int ops; /* ops in the kernel whose last completion is still due */
     unsigned recv_armed : 1, recv_paused : 1, closing : 1, reused : 1,
-        close_after : 1, peer_eof : 1, in_list : 1;
+        close_after : 1, peer_eof : 1, in_list : 1, in_parse : 1;
     uint8_t state;
     rmr_buf_t *out;     /* bytes to send, appended */
     rmr_buf_t *sending; /* bytes owned by the send op in flight */
@@ -81,6 +81,7 @@ struct conn {
     stream_t *st;     /* downstream: the current stream */
     endpoint_t *ep;   /* upstream: its endpoint */
     const listener_t *lst;
+    const char *feed_end; /* end of the bytes being parsed */
     char client_ip[INET6_ADDRSTRLEN];
 };
 
@@ -549,6 +550,7 @@ static int req_on_message_begin(llhttp_t *p)
         return -1;
     }
     d->state = D_HEAD;
+    d->st->req.feed_end = d->feed_end;
     return 0;
 }
 
@@ -758,6 +760,9 @@ static int req_on_headers_complete(llhttp_t *p)
     d->state = D_STREAM;
     rmr_timer_set(&w->loop, &d->timer, timeout);
     if (svc < 0 || (size_t)svc >= st->view->n_clusters) {
+        /* counted under service="" so that request totals include what matched no route */
+        RMR_STAT_INC(w->unrouted->requests);
+        RMR_STAT_INC(w->unrouted->responses[4]);
         m->err_status = 404;
         m->err_reason = "no-route";
         /* Not malformed: with no body left to read the connection stays usable. */
@@ -795,8 +800,6 @@ static int req_on_body(llhttp_t *p, const char *at, size_t len)
     } else {
         out_append(u, at, len);
     }
-    if (u->state != U_CONNECTING)
-        conn_flush(u);
     if (pending(u) > OUT_HIGH)
         recv_pause(d);
     return 0;
@@ -807,11 +810,8 @@ static int req_on_message_complete(llhttp_t *p)
     conn_t *d = p->data;
     stream_t *st = d->st;
     st->req_done = 1;
-    if (!st->req.err_status && d->peer && st->req_out == FRAME_CHUNKED) {
+    if (!st->req.err_status && d->peer && st->req_out == FRAME_CHUNKED)
         out_append(d->peer, "0\r\n\r\n", 5);
-        if (d->peer->state != U_CONNECTING)
-            conn_flush(d->peer);
-    }
     return HPE_PAUSED;
 }
 
@@ -849,7 +849,15 @@ static void down_feed(conn_t *d, const char *data, size_t len)
         d->state = D_HEAD;
         rmr_timer_set(&w->loop, &d->timer, w->view->config->limits.header_timeout_ms);
     }
+    if (d->st)
+        d->st->req.feed_end = data + len;
+    d->feed_end = data + len;
+    d->in_parse = 1;
     llhttp_errno_t err = llhttp_execute(&d->parser, data, len);
+    d->in_parse = 0;
+    /* One send toward the upstream for all that this chunk produced. */
+    if (d->peer && d->peer->state != U_CONNECTING)
+        conn_flush(d->peer);
     if (err == HPE_OK)
         return;
     stream_t *st = d->st;
@@ -1072,7 +1080,9 @@ static void stream_dispatch(conn_t *d)
         stream_fail(d, 503, "out-of-memory", RMR_UERR_RESET);
         return;
     }
-    if (u->state == U_ACTIVE)
+    /* Inside the request parser the flush waits for the end of the chunk; a re-dispatch
+     * (stream retry) flushes now. */
+    if (u->state == U_ACTIVE && !d->in_parse)
         conn_flush(u);
 }
 
@@ -1186,7 +1196,6 @@ static int resp_on_headers_complete(llhttp_t *p)
     rmr_buf_str(b, "\r\n");
     if (b->oom)
         return -1;
-    conn_flush(d);
     if (st->tunnel_ok)
         return 2;
     if (st->head_req && !interim)
@@ -1208,7 +1217,6 @@ static int resp_on_body(llhttp_t *p, const char *at, size_t len)
     } else {
         out_append(d, at, len);
     }
-    conn_flush(d);
     if (pending(d) > OUT_HIGH)
         recv_pause(u);
     return 0;
@@ -1240,7 +1248,6 @@ static int resp_on_message_complete(llhttp_t *p)
         out_append(d, "0\r\n\r\n", 5);
     stream_record(d);
     st->resp_done = 1;
-    conn_flush(d);
     return HPE_PAUSED;
 }
 
@@ -1300,7 +1307,10 @@ static void up_feed(conn_t *u, const char *data, size_t len)
         return;
     }
     rmr_timer_set(&d->w->loop, &d->timer, st->timeout_ms);
+    st->resp.feed_end = data + len;
     err = llhttp_execute(&u->parser, data, len);
+    /* One send for all that this chunk produced: head and body leave together. */
+    conn_flush(d);
     if (err == HPE_OK)
         return;
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {

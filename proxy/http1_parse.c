@@ -19,6 +19,7 @@ void h1_msg_reset(h1_msg_t *m)
     m->arena.oom = 0;
     m->nhdrs = 0;
     m->in = 0;
+    m->val_cut = 0;
     m->err_status = 0;
     m->err_reason = NULL;
     m->conn_tokens = 0;
@@ -97,16 +98,23 @@ int h1_on_header_value(h1_msg_t *m, const char *at, size_t len)
         if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
             return refuse(m, 400, "bad-request");
     }
-    if (m->in != 2 && m->nhdrs)
-        m->in = 2;
-    if (!m->nhdrs)
+    if (!m->nhdrs || m->in == 0 || m->hdrs[m->nhdrs - 1].name.len == 0)
+        return refuse(m, 400, "bad-request"); /* a value with no name before it */
+    /* A second span of one value that does not follow a cut in the input is an obs-fold
+     * continuation line (RFC 9112 5.2): refused, as a proxy must not pass it on. */
+    if (m->in == 2 && !m->val_cut)
         return refuse(m, 400, "bad-request");
+    m->in = 2;
+    m->val_cut = at + len == m->feed_end;
     return arena_add(m, &m->hdrs[m->nhdrs - 1].value, at, len);
 }
 
 int h1_on_header_value_complete(h1_msg_t *m)
 {
+    if (!m->nhdrs || m->hdrs[m->nhdrs - 1].name.len == 0)
+        return refuse(m, 400, "bad-request");
     m->in = 0;
+    m->val_cut = 0;
     return 0;
 }
 

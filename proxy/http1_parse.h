@@ -50,6 +50,8 @@ typedef struct h1_msg {
     uint32_t max_bytes; /* head bytes allowed (431 past it) */
     uint32_t max_hdrs;  /* headers allowed (431 past it) */
     uint8_t in;         /* 1: inside a header name, 2: inside a value */
+    uint8_t val_cut;    /* the last value span ended where the fed bytes ended */
+    const char *feed_end; /* end of the bytes given to llhttp_execute, set by the caller */
     int err_status;     /* set by a callback that refused the message: 400 or 431 */
     const char *err_reason;
     /* filled by h1_msg_analyze() */

@@ -221,7 +221,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "remora: out of memory\n");
         return 1;
     }
-    rmr_config_publish(cfg);
+    rmr_config_publish(rmr_config_ref(cfg)); /* main keeps its own reference to cfg */
     /* Resolve DNS services before the first request can need them (at most a second). */
     ret = dns_start(&m.loop);
     if (ret < 0) {
@@ -260,6 +260,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < rmr_g.nworkers; i++)
         pthread_join(rmr_g.workers[i].thread, NULL);
     dns_stop();
+    rmr_config_unref(cfg);
     RMR_INFO("stopped");
     pthread_mutex_lock(&rmr_g.config_lock);
     rmr_config_unref(rmr_g.config);

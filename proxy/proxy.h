@@ -113,6 +113,7 @@ struct worker {
     rmr_buf_t *free_bufs[64]; /* output buffer pool */
     unsigned nfree_bufs;
     uint64_t rng;
+    rmr_counters_t *unrouted; /* this worker's slot of the stats of service "" */
 };
 
 /* The global state shared by main and workers. */

@@ -249,8 +249,11 @@ static void *worker_main(void *arg)
     w->running = 1;
     pthread_mutex_unlock(&rmr_g.config_lock);
     w->config_gen = ~0ULL;
+    rmr_svc_stats_t *unrouted = rmr_stats_service("");
+    if (unrouted)
+        w->unrouted = &unrouted->w[w->id];
     worker_check_config(w);
-    if (!w->view) {
+    if (!w->view || !w->unrouted) {
         w->start_err = -ENOMEM;
         snprintf(w->start_msg, sizeof(w->start_msg), "out of memory");
         goto fail;
