@@ -95,6 +95,7 @@ static void up_feed(conn_t *u, const char *data, size_t len);
 static void stream_fail(conn_t *d, int status, const char *reason, rmr_uerr_t uerr);
 static void stream_dispatch(conn_t *d);
 static void up_release(conn_t *u, int reusable);
+static void up_fail(conn_t *u, int status, const char *reason, rmr_uerr_t uerr);
 
 /* ---- buffers ---- */
 
@@ -187,6 +188,13 @@ static void conn_free(conn_t *c)
     free(c);
 }
 
+/* Drops the count of an op that completed for the last time. */
+static void op_done(conn_t *c)
+{
+    if (--c->ops == 0 && c->closing)
+        conn_free(c);
+}
+
 static void conn_close(conn_t *c)
 {
     if (c->closing)
@@ -259,22 +267,21 @@ static void on_send(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
     conn_t *c = (conn_t *)((char *)op - offsetof(conn_t, send_op));
     (void)loop;
     (void)flags;
-    c->ops--;
-    if (c->closing) {
-        if (c->ops == 0)
-            conn_free(c);
-        return;
-    }
+    /* The op's count in c->ops keeps c alive until op_done() below, whatever the handlers
+     * close on the way. */
+    if (c->closing)
+        goto out;
     if (res <= 0) {
-        if (c->kind == CONN_UP && c->peer)
-            stream_fail(c->peer, 502, "upstream-reset", RMR_UERR_RESET);
-        conn_close(c);
-        return;
+        if (c->kind == CONN_UP)
+            up_fail(c, 502, "upstream-reset", RMR_UERR_RESET);
+        else
+            conn_close(c);
+        goto out;
     }
     c->send_off += (size_t)res;
     if (c->send_off < c->sending->len) {
         submit_send(c);
-        return;
+        goto out;
     }
     wbuf_put(c->w, c->sending);
     c->sending = NULL;
@@ -285,6 +292,8 @@ static void on_send(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
         down_after_send(c);
     else
         up_after_send(c);
+out:
+    op_done(c);
 }
 
 /* ---- receiving ---- */
@@ -329,51 +338,38 @@ static void on_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
 {
     conn_t *c = (conn_t *)((char *)op - offsetof(conn_t, recv_op));
     int more = flags & IORING_CQE_F_MORE;
-    if (!more) {
-        c->recv_armed = 0;
-        c->ops--;
-    }
-    if (c->closing) {
-        if (flags & IORING_CQE_F_BUFFER)
-            rmr_loop_buf_put(loop, flags >> IORING_CQE_BUFFER_SHIFT);
-        if (c->ops == 0)
-            conn_free(c);
-        return;
-    }
-    if (res > 0) {
+    if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-        const char *data = rmr_loop_buf(loop, bid);
         /* The feed copies what it keeps: the buffer goes back at once. */
-        if (c->kind == CONN_DOWN)
-            down_feed(c, data, (size_t)res);
-        else
-            up_feed(c, data, (size_t)res);
-        rmr_loop_buf_put(loop, bid);
-        if (!more && !c->closing && !c->recv_paused)
-            recv_arm(c);
-        return;
-    }
-    if (res == -ENOBUFS || (res == -ECANCELED && c->recv_paused)) {
-        /* Out of provided buffers: try again next turn; or paused on purpose. */
-        if (!c->recv_paused)
-            recv_arm(c);
-        return;
-    }
-    if (res == -ECANCELED) {
-        recv_arm(c);
-        return;
-    }
-    /* EOF or error. */
-    if (c->kind == CONN_DOWN) {
-        c->peer_eof = 1;
-        /* A client that half-closed after a whole request still gets its response. */
-        if (res == 0 && c->st && c->st->req_done && !c->st->resp_done && c->state == D_STREAM) {
-            c->close_after = 1;
-            return;
+        if (res > 0 && !c->closing) {
+            if (c->kind == CONN_DOWN)
+                down_feed(c, rmr_loop_buf(loop, bid), (size_t)res);
+            else
+                up_feed(c, rmr_loop_buf(loop, bid), (size_t)res);
         }
-        conn_close(c);
-    } else {
-        up_feed(c, NULL, res == 0 ? 0 : (size_t)-1);
+        rmr_loop_buf_put(loop, bid);
+    } else if (!c->closing && res != -ENOBUFS && res != -ECANCELED) {
+        /* EOF or error. */
+        if (c->kind == CONN_UP) {
+            up_feed(c, NULL, res == 0 ? 0 : (size_t)-1);
+        } else if (res == 0 && c->st && c->st->req_done && !c->st->resp_done &&
+                   c->state == D_STREAM) {
+            /* A client that half-closed after a whole request still gets its response. */
+            c->peer_eof = 1;
+            c->close_after = 1;
+            c->recv_paused = 1;
+        } else {
+            conn_close(c);
+        }
+    }
+    if (!more) {
+        /* The multishot ended (out of buffers, cancelled, or the data above was its last):
+         * re-arm unless paused or closing. */
+        c->recv_armed = 0;
+        if (!c->closing && !c->recv_paused && res != 0 && !(res < 0 && res != -ENOBUFS &&
+                                                             res != -ECANCELED))
+            recv_arm(c);
+        op_done(c);
     }
 }
 
@@ -952,30 +948,24 @@ static void on_connect(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
     conn_t *u = (conn_t *)((char *)op - offsetof(conn_t, connect_op));
     (void)loop;
     (void)flags;
-    u->ops--;
-    if (u->closing) {
-        if (u->ops == 0)
-            conn_free(u);
-        return;
-    }
-    conn_t *d = u->peer;
+    if (u->closing)
+        goto out;
     if (res < 0) {
         RMR_STAT_INC(u->ep->stats->failures);
-        if (d) {
-            if (res == -ECANCELED || res == -ETIME) {
-                RMR_STAT_INC(u->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_TIMEOUT]);
-                stream_fail(d, 504, "connect-timeout", RMR_UERR_CONNECT_TIMEOUT);
-            } else {
-                RMR_STAT_INC(u->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
-                stream_fail(d, 502, "connect-failure", RMR_UERR_CONNECT_FAILURE);
-            }
+        if (res == -ECANCELED || res == -ETIME) {
+            RMR_STAT_INC(u->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_TIMEOUT]);
+            up_fail(u, 504, "connect-timeout", RMR_UERR_CONNECT_TIMEOUT);
+        } else {
+            RMR_STAT_INC(u->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
+            up_fail(u, 502, "connect-failure", RMR_UERR_CONNECT_FAILURE);
         }
-        conn_close(u);
-        return;
+        goto out;
     }
     u->state = U_ACTIVE;
     recv_arm(u);
     conn_flush(u);
+out:
+    op_done(u);
 }
 
 static void on_up_timer(rmr_loop_t *loop, rmr_timer_t *t)
@@ -1109,6 +1099,18 @@ static void stream_fail(conn_t *d, int status, const char *reason, rmr_uerr_t ue
     st->resp_done = 1;
     /* keep-alive only when the whole request was read */
     local_reply(d, status, reason, st->req_done && st->keepalive);
+}
+
+/* The upstream connection u failed: answer its stream's client, and close u. */
+static void up_fail(conn_t *u, int status, const char *reason, rmr_uerr_t uerr)
+{
+    conn_t *d = u->peer;
+    u->peer = NULL;
+    if (d) {
+        d->peer = NULL;
+        stream_fail(d, status, reason, uerr);
+    }
+    conn_close(u);
 }
 
 /* ---- response parsing (upstream) ---- */
@@ -1302,8 +1304,7 @@ static void up_feed(conn_t *u, const char *data, size_t len)
         }
         RMR_STAT_INC(u->ep->stats->failures);
         RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_RESET]);
-        stream_fail(d, 502, "upstream-reset", RMR_UERR_RESET);
-        conn_close(u);
+        up_fail(u, 502, "upstream-reset", RMR_UERR_RESET);
         return;
     }
     rmr_timer_set(&d->w->loop, &d->timer, st->timeout_ms);
@@ -1340,8 +1341,7 @@ static void up_feed(conn_t *u, const char *data, size_t len)
     RMR_WARN("upstream %s: bad response: %s", u->ep->conf->addr.text, llhttp_errno_name(err));
     RMR_STAT_INC(u->ep->stats->failures);
     RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_BAD_RESPONSE]);
-    stream_fail(d, 502, "bad-upstream-response", RMR_UERR_BAD_RESPONSE);
-    conn_close(u);
+    up_fail(u, 502, "bad-upstream-response", RMR_UERR_BAD_RESPONSE);
 }
 
 /* ---- after a send completed ---- */

@@ -3,9 +3,9 @@
 # and `build-asan`, runs the unit tests (meson test) and the end-to-end tests (pytest) on both,
 # replays the fuzz corpus when replay drivers are built, and ends with `N passed, N failed`.
 #
-#   bash tests/run.sh            everything
-#   E2E_ARGS="-k smuggling" bash tests/run.sh     pass extra arguments to pytest
-#   SKIP_ASAN=1 bash tests/run.sh                 only the default build
+#   bash tests/run.sh                          everything
+#   bash tests/run.sh -k smuggling             arguments go to pytest (here: a subset of e2e)
+#   SKIP_ASAN=1 bash tests/run.sh              only the default build
 #
 # Exit status: 0 when every stage passed, 1 otherwise.
 
@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 PY=/usr/bin/python3
 JOBS=$(nproc 2>/dev/null || echo 2)
-E2E_ARGS=${E2E_ARGS:-}
+PYTEST_ARGS=("$@")
 SKIP_ASAN=${SKIP_ASAN:-0}
 STARTED=$(date +%s)
 
@@ -136,12 +136,11 @@ e2e() {
     rm -f "$xml"
     local timeout_args=()
     if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
-        timeout_args=(-p pytest_timeout --timeout=180)
+        timeout_args=(--timeout=180)
     fi
-    # shellcheck disable=SC2086
     REMORA_BUILD="$dir" timeout 1200 "$PY" -m pytest "$ROOT/tests/e2e" -p no:cacheprovider \
         -o junit_family=xunit2 --junitxml="$xml" -rfE --tb=short "${timeout_args[@]}" \
-        $E2E_ARGS || rc=$?
+        "${PYTEST_ARGS[@]}" || rc=$?
     local counts
     counts=$("$PY" - "$xml" <<'EOF'
 import sys

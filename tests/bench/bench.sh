@@ -352,6 +352,9 @@ def added(sy):  # median over rounds of (proxy p50 - direct p50 of the same roun
     p, d = V.get(("lat", sy, "p50"), {}), V.get(("lat", "direct", "p50"), {})
     xs = [p[r] - d[r] for r in p if r in d]; return st.median(xs) if xs else None
 def f(x, fmt): return "n/a" if x is None else fmt % x
+def rng(sc, sy, m, fmt):  # min-max over the rounds, to show the noise
+    d = V.get((sc, sy, m))
+    return "-" if not d or len(d) < 2 else (fmt + "-" + fmt) % (min(d.values()), max(d.values()))
 TARGET = {"h1": (">=", 1.3), "lat": ("<=", 0.7), "idle": ("<=", 1.0), "big": (">=", 1.0)}
 def ratios(sc, get, fmt="%.2f"):
     out = []
@@ -366,27 +369,27 @@ def ratios(sc, get, fmt="%.2f"):
             s += " (target %s %.1f%s)" % (op, t, "" if ok is None else ", met" if ok else ", NOT met")
         out.append(s)
     print("\n" + "; ".join(out) + "\n")
-print("## Results: median of %d round(s), %s s each\n" % (rounds, secs))
+print("## Results: median of %d round(s), %s s each (range: lowest-highest round)\n" % (rounds, secs))
 for sc in scen:
     rows = [sy for sy in order if any(k[0] == sc and k[1] == sy for k in V)]
     if not rows: print("%s: no results\n" % sc); continue
     if sc == "h1":
-        print("h1: wrk, 64 keep-alive connections, 64-byte body\n\n| system | requests/s |\n|---|---:|")
-        for sy in rows: print("| %s | %s |" % (sy, f(med("h1", sy, "rps"), "%.0f")))
+        print("h1: wrk, 64 keep-alive connections, 64-byte body\n\n| system | requests/s | range |\n|---|---:|---:|")
+        for sy in rows: print("| %s | %s | %s |" % (sy, f(med("h1", sy, "rps"), "%.0f"), rng("h1", sy, "rps", "%.0f")))
         ratios(sc, lambda sy: med("h1", sy, "rps"))
     elif sc == "lat":
-        print("lat: wrk, 1 connection\n\n| system | p50 us | p99 us | added p50 us |\n|---|---:|---:|---:|")
+        print("lat: wrk, 1 connection\n\n| system | p50 us | p50 range | p99 us | added p50 us |\n|---|---:|---:|---:|---:|")
         for sy in rows:
-            print("| %s | %s | %s | %s |" % (sy, f(med("lat", sy, "p50"), "%.1f"),
+            print("| %s | %s | %s | %s | %s |" % (sy, f(med("lat", sy, "p50"), "%.1f"), rng("lat", sy, "p50", "%.0f"),
                   f(med("lat", sy, "p99"), "%.1f"), "-" if sy == "direct" else f(added(sy), "%.1f")))
         ratios(sc, added)
     elif sc == "idle":
-        print("idle: RSS with the idle keep-alive connections open\n\n| system | RSS KiB |\n|---|---:|")
-        for sy in rows: print("| %s | %s |" % (sy, f(med("idle", sy, "rss"), "%.0f")))
+        print("idle: RSS with the idle keep-alive connections open\n\n| system | RSS KiB | range |\n|---|---:|---:|")
+        for sy in rows: print("| %s | %s | %s |" % (sy, f(med("idle", sy, "rss"), "%.0f"), rng("idle", sy, "rss", "%.0f")))
         ratios(sc, lambda sy: med("idle", sy, "rss"))
     elif sc == "big":
-        print("big: wrk, 8 connections, 1 MiB responses\n\n| system | MiB/s |\n|---|---:|")
-        for sy in rows: print("| %s | %s |" % (sy, f(med("big", sy, "mibs"), "%.1f")))
+        print("big: wrk, 8 connections, 1 MiB responses\n\n| system | MiB/s | range |\n|---|---:|---:|")
+        for sy in rows: print("| %s | %s | %s |" % (sy, f(med("big", sy, "mibs"), "%.1f"), rng("big", sy, "mibs", "%.1f")))
         ratios(sc, lambda sy: med("big", sy, "mibs"))
 PY
 if [ -s "$W/notes" ]; then echo "notes:"; sort -u "$W/notes" | sed 's/^/  - /'; fi

@@ -19,11 +19,12 @@ LIMITS = {
 
 @pytest.fixture
 def sidecar(make_remora, upstream):
-    """Outbound services: echo (the upstream), empty (no endpoints), dead (nobody listens);
-    inbound forwards to the echo upstream; short limits."""
+    """Outbound services: echo (the upstream), empty (a DNS name that never resolves, so no
+    endpoints), dead (nobody listens); inbound forwards to the echo upstream; short limits."""
     r = make_remora().start_config(
         mesh(service("echo", [upstream.port]),
-             service("empty", []),
+             {"name": "empty", "dns": {"name": "no-such-host.invalid", "port": 80,
+                                       "refresh": "1s"}},
              service("dead", [free_port()])),
         app=upstream.port, limits=LIMITS)
     r.upstream = upstream
