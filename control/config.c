@@ -69,7 +69,8 @@ static int verr(const struct src *s, rmr_conf_err_t *err, const char *path, cons
     return -EINVAL;
 }
 
-static void set_err(rmr_conf_err_t *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(rmr_conf_err_t *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void set_err(rmr_conf_err_t *err, const char *fmt, ...)
 {
@@ -242,6 +243,39 @@ static void route_clear(rmr_route_conf_t *r)
     free(r->match_service);
     free(r->path_prefix);
     free(r->path_exact);
+    free(r->path_regex);
+    free(r->method);
+    if (r->path_re) {
+        regfree(r->path_re);
+        free(r->path_re);
+    }
+}
+
+/* Compiles r->path_regex into r->path_re; the text was validated already. */
+static int route_compile_regex(rmr_route_conf_t *r)
+{
+    if (!r->path_regex)
+        return 0;
+    r->path_re = malloc(sizeof(*r->path_re));
+    if (!r->path_re)
+        return -ENOMEM;
+    /* The regex matches the whole path, as route matchers do elsewhere. */
+    size_t n = strlen(r->path_regex) + 5;
+    char *anchored = malloc(n);
+    if (!anchored) {
+        free(r->path_re);
+        r->path_re = NULL;
+        return -ENOMEM;
+    }
+    snprintf(anchored, n, "^(%s)$", r->path_regex);
+    int rc = regcomp(r->path_re, anchored, REG_EXTENDED | REG_NOSUB);
+    free(anchored);
+    if (rc != 0) {
+        free(r->path_re);
+        r->path_re = NULL;
+        return -ENOMEM;
+    }
+    return 0;
 }
 
 static void config_free(rmr_config_t *c)
@@ -368,8 +402,8 @@ static int selector_ok(const struct ctx *x, const char *path, const Selector *se
     for (size_t i = 0; i < sel->n_labels && o < sizeof(want); i++)
         o += (size_t)snprintf(want + o, sizeof(want) - o, "%s%s=%s", i ? ", " : "",
                               sel->labels[i]->key, sel->labels[i]->value);
-    return verr(&x->mesh, x->err, path, "no endpoint of service \"%s\" has labels {%s}",
-                svc->name, want);
+    return verr(&x->mesh, x->err, path, "no endpoint of service \"%s\" has labels {%s}", svc->name,
+                want);
 }
 
 static const Service *find_service(const Mesh *m, const char *name)
@@ -403,16 +437,13 @@ static int check_service(const struct ctx *x, const Mesh *m, size_t i)
     if (s->dns && s->n_endpoints)
         return verr(src, x->err, P(p, "services[%zu].dns", i),
                     "a service takes either endpoints or dns, not both");
-    if (!s->dns && !s->n_endpoints)
-        return verr(src, x->err, P(p, "services[%zu]", i),
-                    "service \"%s\" needs endpoints or dns", s->name);
+    /* A service with no endpoints is valid (scaled to zero): its requests get 503. */
     for (size_t k = 0; k < s->n_endpoints; k++) {
         const Remora__V1__Endpoint *e = s->endpoints[k];
         rmr_addr_t a;
         if (rmr_addr_parse(e->address, &a) < 0)
             return verr(src, x->err, P(p, "services[%zu].endpoints[%zu].address", i, k),
-                        "expected ip:port, [ipv6]:port or localhost:port, got \"%s\"",
-                        e->address);
+                        "expected ip:port, [ipv6]:port or localhost:port, got \"%s\"", e->address);
         uint16_t port = addr_port(&a);
         rmr_addr_clear(&a);
         if (port == 0)
@@ -430,10 +461,10 @@ static int check_service(const struct ctx *x, const Mesh *m, size_t i)
                    &ms) < 0)
             return -EINVAL;
     }
-    if (dur_ms(x, src, P(p, "services[%zu].connect_timeout", i), s->connect_timeout, 1000,
-               false, &ms) < 0 ||
-        dur_ms(x, src, P(p, "services[%zu].idle_timeout", i), s->idle_timeout, 60000, false,
-               &ms) < 0)
+    if (dur_ms(x, src, P(p, "services[%zu].connect_timeout", i), s->connect_timeout, 1000, false,
+               &ms) < 0 ||
+        dur_ms(x, src, P(p, "services[%zu].idle_timeout", i), s->idle_timeout, 60000, false, &ms) <
+            0)
         return -EINVAL;
     const Remora__V1__CircuitBreaker *cb = s->circuit_breaker;
     if (cb && cb->outlier_detection) {
@@ -444,26 +475,25 @@ static int check_service(const struct ctx *x, const Mesh *m, size_t i)
             return verr(src, x->err, P(p, base, i, "max_ejection_percent"),
                         "a percentage must be within 0..100, got %u", od->max_ejection_percent);
         if (dur_ms(x, src, P(p, base, i, "interval"), od->interval, 1000, false, &ms) < 0 ||
-            dur_ms(x, src, P(p, base, i, "base_ejection"), od->base_ejection, 30000, false,
-                   &a) < 0 ||
-            dur_ms(x, src, P(p, base, i, "max_ejection"), od->max_ejection, 300000, false,
-                   &b) < 0)
+            dur_ms(x, src, P(p, base, i, "base_ejection"), od->base_ejection, 30000, false, &a) <
+                0 ||
+            dur_ms(x, src, P(p, base, i, "max_ejection"), od->max_ejection, 300000, false, &b) < 0)
             return -EINVAL;
         if (od->base_ejection && od->max_ejection && a > b)
             return verr(src, x->err, P(p, base, i, "max_ejection"),
                         "must not be shorter than base_ejection");
     }
     if (s->idempotency && s->idempotency->enabled &&
-        dur_ms(x, src, P(p, "services[%zu].idempotency.ttl", i), s->idempotency->ttl, 600000,
-               false, &ms) < 0)
+        dur_ms(x, src, P(p, "services[%zu].idempotency.ttl", i), s->idempotency->ttl, 600000, false,
+               &ms) < 0)
         return -EINVAL;
     return 0;
 }
 
 static bool retry_on_ok(const char *v)
 {
-    static const char *const known[] = {"connect-failure", "reset",         "refused-stream",
-                                        "gateway-error",   "5xx",           "retriable-4xx"};
+    static const char *const known[] = {"connect-failure", "reset", "refused-stream",
+                                        "gateway-error",   "5xx",   "retriable-4xx"};
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         if (!strcmp(v, known[i]))
             return true;
@@ -512,12 +542,11 @@ static int check_route(const struct ctx *x, const Mesh *m, size_t i, bool catch_
             return verr(src, x->err, P(p, "routes[%zu].match.service", i),
                         "the service the route sends to is required");
     } else if (!(svc = find_service(m, mt->service))) {
-        return verr(src, x->err, P(p, "routes[%zu].match.service", i),
-                    "no service named \"%s\"", mt->service);
+        return verr(src, x->err, P(p, "routes[%zu].match.service", i), "no service named \"%s\"",
+                    mt->service);
     }
     if (mt) {
-        if (mt->path_case == REMORA__V1__ROUTE_MATCH__PATH_PATH_PREFIX &&
-            mt->path_prefix[0] != '/')
+        if (mt->path_case == REMORA__V1__ROUTE_MATCH__PATH_PATH_PREFIX && mt->path_prefix[0] != '/')
             return verr(src, x->err, P(p, "routes[%zu].match.path_prefix", i),
                         "must start with '/', got \"%s\"", mt->path_prefix);
         if (mt->path_case == REMORA__V1__ROUTE_MATCH__PATH_PATH_EXACT && mt->path_exact[0] != '/')
@@ -561,13 +590,15 @@ static int check_route(const struct ctx *x, const Mesh *m, size_t i, bool catch_
             return verr(src, x->err, P(p, "routes[%zu].lanes.header", i),
                         "a header name is required");
         for (size_t k = 0; k < r->lanes->n_map; k++) {
-            char q[200];
+            char q[64];
             snprintf(q, sizeof(q), "routes[%zu].lanes.map", i);
             /* same spelling as yamlpb's paths for plain keys; others fall back to the map */
             const char *key = r->lanes->map[k]->key;
-            if (strlen(key) < 64 && strspn(key, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                                "0123456789_-") == strlen(key) && *key)
-                snprintf(p, sizeof(p), "%s.%s", q, key);
+            if (strlen(key) < 64 &&
+                strspn(key, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                            "0123456789_-") == strlen(key) &&
+                *key)
+                snprintf(p, sizeof(p), "%s.%.63s", q, key);
             else
                 snprintf(p, sizeof(p), "%s", q);
             if (selector_ok(x, p, r->lanes->map[k]->value, svc) < 0)
@@ -606,18 +637,16 @@ static int check_route(const struct ctx *x, const Mesh *m, size_t i, bool catch_
                 return verr(src, x->err, P(p, "routes[%zu].retry.backoff.max", i),
                             "must not be shorter than base");
         }
-        if (rp->budget &&
-            percent_ok(x, src, P(p, "routes[%zu].retry.budget.percent", i), rp->budget->percent) <
-                0)
+        if (rp->budget && percent_ok(x, src, P(p, "routes[%zu].retry.budget.percent", i),
+                                     rp->budget->percent) < 0)
             return -EINVAL;
     }
     if (r->fault) {
         const Remora__V1__Fault *f = r->fault;
-        if (f->delay &&
-            (percent_ok(x, src, P(p, "routes[%zu].fault.delay.percent", i), f->delay->percent) <
-                 0 ||
-             dur_ms(x, src, P(p, "routes[%zu].fault.delay.duration", i), f->delay->duration, 0,
-                    true, &ms) < 0))
+        if (f->delay && (percent_ok(x, src, P(p, "routes[%zu].fault.delay.percent", i),
+                                    f->delay->percent) < 0 ||
+                         dur_ms(x, src, P(p, "routes[%zu].fault.delay.duration", i),
+                                f->delay->duration, 0, true, &ms) < 0))
             return -EINVAL;
         if (f->abort) {
             if (percent_ok(x, src, P(p, "routes[%zu].fault.abort.percent", i), f->abort->percent) <
@@ -626,8 +655,7 @@ static int check_route(const struct ctx *x, const Mesh *m, size_t i, bool catch_
             if ((f->abort->percent > 0 || f->abort->status) &&
                 (f->abort->status < 200 || f->abort->status > 599))
                 return verr(src, x->err, P(p, "routes[%zu].fault.abort.status", i),
-                            "an HTTP status within 200..599 is required, got %u",
-                            f->abort->status);
+                            "an HTTP status within 200..599 is required, got %u", f->abort->status);
         }
     }
     if (r->rate_limit) {
@@ -661,8 +689,7 @@ static int check_mesh(const struct ctx *x, const Mesh *m, bool catch_all_ok)
             strncmp(t->export->otlp_http, "http://", 7) &&
             strncmp(t->export->otlp_http, "https://", 8))
             return verr(&x->mesh, x->err, "tracing.export.otlp_http",
-                        "expected an http:// or https:// URL, got \"%s\"",
-                        t->export->otlp_http);
+                        "expected an http:// or https:// URL, got \"%s\"", t->export->otlp_http);
     }
     return 0;
 }
@@ -792,8 +819,8 @@ static int parse_listen(const struct ctx *x, const char *path, const char *text,
  * Validates mesh (+ boot when not NULL) and builds a snapshot that takes ownership of both
  * messages (they are freed on failure too).
  */
-static rmr_config_t *compile(const struct ctx *x, Mesh *mesh, Bootstrap *boot,
-                             const char *source, bool catch_all_ok)
+static rmr_config_t *compile(const struct ctx *x, Mesh *mesh, Bootstrap *boot, const char *source,
+                             bool catch_all_ok)
 {
     rmr_config_t *c = NULL;
     rmr_addr_t a = {0};
@@ -856,6 +883,13 @@ static rmr_config_t *compile(const struct ctx *x, Mesh *mesh, Bootstrap *boot,
         if (mt && mt->path_case == REMORA__V1__ROUTE_MATCH__PATH_PATH_EXACT &&
             !(o->path_exact = dup_or_null(mt->path_exact)) && !empty(mt->path_exact))
             goto fail;
+        if (mt && mt->path_case == REMORA__V1__ROUTE_MATCH__PATH_PATH_REGEX &&
+            !(o->path_regex = dup_or_null(mt->path_regex)) && !empty(mt->path_regex))
+            goto fail;
+        if (mt && !empty(mt->method) && !(o->method = strdup(mt->method)))
+            goto fail;
+        if (route_compile_regex(o) < 0)
+            goto fail;
         uint32_t ms = 0;
         dur_ms(x, &x->mesh, "", r->timeout, 0, true, &ms);
         o->timeout_ms = ms;
@@ -912,8 +946,8 @@ static rmr_config_t *compile(const struct ctx *x, Mesh *mesh, Bootstrap *boot,
         const Remora__V1__Bootstrap__Inbound *in = boot->inbound;
         rmr_addr_t app = {0};
         if (empty(boot->service)) {
-            rc = verr(&x->boot, x->err, "service",
-                      "the service this sidecar fronts is required with inbound");
+            rc = verr(&x->boot, x->err, "inbound",
+                      "needs `service:`, the name of the service this sidecar fronts");
             goto fail;
         }
         if ((rc = parse_listen(x, "inbound.listen", in->listen, &a)) < 0 ||
@@ -987,16 +1021,15 @@ rmr_config_t *rmr_config_load(const char *bootstrap_path, rmr_conf_err_t *err)
         const char *slash = strrchr(bootstrap_path, '/');
         if (boot->mesh_file[0] == '/' || !slash) {
             mesh_path = strdup(boot->mesh_file);
-        } else if (asprintf(&mesh_path, "%.*s/%s", (int)(slash - bootstrap_path),
-                            bootstrap_path, boot->mesh_file) < 0) {
+        } else if (asprintf(&mesh_path, "%.*s/%s", (int)(slash - bootstrap_path), bootstrap_path,
+                            boot->mesh_file) < 0) {
             mesh_path = NULL;
         }
         if (!mesh_path) {
             set_err(err, "%s: out of memory", bootstrap_path);
             goto out;
         }
-        int rc = rmr_yamlpb_load(mesh_path, &remora__v1__mesh__descriptor, &mm, &ml, e,
-                                 sizeof(e));
+        int rc = rmr_yamlpb_load(mesh_path, &remora__v1__mesh__descriptor, &mm, &ml, e, sizeof(e));
         if (rc < 0) {
             /* a missing file is the bootstrap's fault: point at mesh_file */
             if (rc == -ENOENT || rc == -EACCES || rc == -EISDIR)
@@ -1028,21 +1061,51 @@ out:
     return c;
 }
 
+rmr_config_t *rmr_config_parse(const char *boot_name, const char *boot_yaml, size_t boot_len,
+                               const char *mesh_name, const char *mesh_yaml, size_t mesh_len,
+                               rmr_conf_err_t *err)
+{
+    ProtobufCMessage *bm = NULL, *mm = NULL;
+    rmr_yamlpb_lines_t *bl = NULL, *ml = NULL;
+    rmr_config_t *c = NULL;
+    char e[sizeof(err->msg)];
+    struct ctx x = {.err = err, .boot = {boot_name, NULL}, .mesh = {mesh_name, NULL}};
+
+    if (rmr_yamlpb_parse(boot_name, boot_yaml ? boot_yaml : "", boot_yaml ? boot_len : 0,
+                         &remora__v1__bootstrap__descriptor, &bm, &bl, e, sizeof(e)) < 0 ||
+        rmr_yamlpb_parse(mesh_name, mesh_yaml ? mesh_yaml : "", mesh_yaml ? mesh_len : 0,
+                         &remora__v1__mesh__descriptor, &mm, &ml, e, sizeof(e)) < 0) {
+        set_err(err, "%s", e);
+        goto out;
+    }
+    x.boot.lines = bl;
+    x.mesh.lines = ml;
+    c = compile(&x, (Mesh *)mm, (Bootstrap *)bm, boot_name, false);
+    mm = bm = NULL; /* compile owns them now */
+out:
+    if (mm)
+        protobuf_c_message_free_unpacked(mm, NULL);
+    if (bm)
+        protobuf_c_message_free_unpacked(bm, NULL);
+    rmr_yamlpb_lines_free(bl);
+    rmr_yamlpb_lines_free(ml);
+    return c;
+}
+
 /* Appends a new message to a repeated message field. */
-#define PB_PUSH(parent, field, type, init)                                                   \
-    __extension__({                                                                        \
-        type *m_ = malloc(sizeof(type));                                                   \
-        type **a_ = m_ ? realloc((parent)->field, ((parent)->n_##field + 1) * sizeof(*a_)) \
-                       : NULL;                                                             \
-        if (m_ && a_) {                                                                    \
-            init(m_);                                                                      \
-            (parent)->field = a_;                                                          \
-            a_[(parent)->n_##field++] = m_;                                                \
-        } else {                                                                           \
-            free(m_);                                                                      \
-            m_ = NULL;                                                                     \
-        }                                                                                  \
-        m_;                                                                                \
+#define PB_PUSH(parent, field, type, init)                                                         \
+    __extension__({                                                                                \
+        type *m_ = malloc(sizeof(type));                                                           \
+        type **a_ = m_ ? realloc((parent)->field, ((parent)->n_##field + 1) * sizeof(*a_)) : NULL; \
+        if (m_ && a_) {                                                                            \
+            init(m_);                                                                              \
+            (parent)->field = a_;                                                                  \
+            a_[(parent)->n_##field++] = m_;                                                        \
+        } else {                                                                                   \
+            free(m_);                                                                              \
+            m_ = NULL;                                                                             \
+        }                                                                                          \
+        m_;                                                                                        \
     })
 
 rmr_config_t *rmr_config_simple(const char *listen, const char *upstream, unsigned workers,
@@ -1055,14 +1118,18 @@ rmr_config_t *rmr_config_simple(const char *listen, const char *upstream, unsign
     struct ctx x = {.err = err, .mesh = {"command line", NULL}, .boot = {"command line", NULL}};
 
     if (rmr_addr_parse(listen, &a) < 0) {
-        set_err(err, "command line: --listen: expected ip:port, [ipv6]:port or localhost:port, "
-                     "got \"%s\"", listen ? listen : "");
+        set_err(err,
+                "command line: --listen: expected ip:port, [ipv6]:port or localhost:port, "
+                "got \"%s\"",
+                listen ? listen : "");
         return NULL;
     }
     rmr_addr_clear(&a);
     if (admin && rmr_addr_parse(admin, &a) < 0) {
-        set_err(err, "command line: --admin: expected ip:port, [ipv6]:port or localhost:port, "
-                     "got \"%s\"", admin);
+        set_err(err,
+                "command line: --admin: expected ip:port, [ipv6]:port or localhost:port, "
+                "got \"%s\"",
+                admin);
         return NULL;
     }
     rmr_addr_clear(&a);
@@ -1094,8 +1161,10 @@ rmr_config_t *rmr_config_simple(const char *listen, const char *upstream, unsign
         if (!*tok)
             continue;
         if (rmr_addr_parse(tok, &a) < 0) {
-            set_err(err, "command line: --upstream: expected ip:port, [ipv6]:port or "
-                         "localhost:port, got \"%s\"", tok);
+            set_err(err,
+                    "command line: --upstream: expected ip:port, [ipv6]:port or "
+                    "localhost:port, got \"%s\"",
+                    tok);
             goto fail;
         }
         rmr_addr_clear(&a);
@@ -1208,8 +1277,8 @@ static char *sdup(const char *s, bool *ok)
     return d;
 }
 
-rmr_config_t *rmr_config_with_endpoints(const rmr_config_t *c, size_t svc,
-                                        const rmr_addr_t *eps, size_t n)
+rmr_config_t *rmr_config_with_endpoints(const rmr_config_t *c, size_t svc, const rmr_addr_t *eps,
+                                        size_t n)
 {
     if (!c || svc >= c->n_services)
         return NULL;
@@ -1276,7 +1345,10 @@ rmr_config_t *rmr_config_with_endpoints(const rmr_config_t *c, size_t svc,
         o->match_service = sdup(r->match_service, &ok);
         o->path_prefix = sdup(r->path_prefix, &ok);
         o->path_exact = sdup(r->path_exact, &ok);
-        if (!ok)
+        o->path_regex = sdup(r->path_regex, &ok);
+        o->method = sdup(r->method, &ok);
+        o->path_re = NULL;
+        if (!ok || route_compile_regex(o) < 0)
             goto fail;
     }
     return d;
@@ -1407,6 +1479,10 @@ char *rmr_config_to_json(const rmr_config_t *c)
         put_str(&o, r->path_prefix);
         put(&o, ", \"path_exact\": ");
         put_str(&o, r->path_exact);
+        put(&o, ", \"path_regex\": ");
+        put_str(&o, r->path_regex);
+        put(&o, ", \"method\": ");
+        put_str(&o, r->method);
         put(&o, ", \"service\": ");
         put_str(&o, r->service < c->n_services ? c->services[r->service].name : NULL);
         put(&o, ", \"timeout_ms\": %u}", r->timeout_ms);

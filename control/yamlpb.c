@@ -182,8 +182,7 @@ static const char *ev_what(const struct walker *w, char *buf, size_t len)
         return "a sequence";
     case YAML_SCALAR_EVENT: {
         char q[KEY_SHOWN_MAX * 4 + 16];
-        quote_short((const char *)w->ev.data.scalar.value, w->ev.data.scalar.length, q,
-                    sizeof(q));
+        quote_short((const char *)w->ev.data.scalar.value, w->ev.data.scalar.length, q, sizeof(q));
         snprintf(buf, len, "\"%s\"", q);
         return buf;
     }
@@ -478,8 +477,8 @@ static int set_integer(struct walker *w, const ProtobufCFieldDescriptor *f, void
             range = "-9223372036854775808..9223372036854775807";
             break;
         }
-        return fail(w, ev_line(w), "%s is out of range for %s (%s)",
-                    ev_what(w, what, sizeof(what)), type_name(f->type), range);
+        return fail(w, ev_line(w), "%s is out of range for %s (%s)", ev_what(w, what, sizeof(what)),
+                    type_name(f->type), range);
     }
     return 0;
 }
@@ -520,8 +519,7 @@ static void enum_prefix(const ProtobufCEnumDescriptor *e, char *buf, size_t len)
     buf[o] = '\0';
 }
 
-const char *rmr_yamlpb_enum_name(const ProtobufCEnumDescriptor *e, int value, char *buf,
-                                 size_t len)
+const char *rmr_yamlpb_enum_name(const ProtobufCEnumDescriptor *e, int value, char *buf, size_t len)
 {
     if (len == 0)
         return buf;
@@ -562,8 +560,7 @@ static int set_enum(struct walker *w, const ProtobufCFieldDescriptor *f, void *d
         rmr_yamlpb_enum_name(e, e->values[i].value, name, sizeof(name));
         o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", i ? ", " : "", name);
     }
-    return fail(w, ev_line(w), "expected one of %s, got %s", list,
-                ev_what(w, what, sizeof(what)));
+    return fail(w, ev_line(w), "expected one of %s, got %s", list, ev_what(w, what, sizeof(what)));
 }
 
 static int64_t pow10i(unsigned n)
@@ -580,8 +577,8 @@ int rmr_duration_parse(const char *text, int64_t *seconds, int32_t *nanos)
         const char *u;
         int64_t ns;
     } units[] = {
-        {"ns", 1},          {"us", 1000},           {"\xc2\xb5s", 1000}, {"ms", 1000000},
-        {"s", 1000000000},  {"m", 60000000000},     {"h", 3600000000000},
+        {"ns", 1},         {"us", 1000},       {"\xc2\xb5s", 1000},  {"ms", 1000000},
+        {"s", 1000000000}, {"m", 60000000000}, {"h", 3600000000000},
     };
     const char *s = text;
     if (!s || !*s)
@@ -631,6 +628,8 @@ int rmr_duration_parse(const char *text, int64_t *seconds, int32_t *nanos)
         if (!unit)
             return -EINVAL;
         s += best;
+        if (ip > (limit - total) / unit)
+            return -EINVAL;
         total += ip * unit + (__int128)frac * unit / pow10i(fdigits);
         if (total > limit)
             return -EINVAL;
@@ -644,7 +643,8 @@ static int set_duration(struct walker *w, const ProtobufCFieldDescriptor *f, voi
 {
     char what[KEY_SHOWN_MAX * 4 + 32];
     if (w->ev.type != YAML_SCALAR_EVENT)
-        return fail(w, ev_line(w), "expected a duration such as \"500ms\", \"1s\" or \"2m\", got %s",
+        return fail(w, ev_line(w),
+                    "expected a duration such as \"500ms\", \"1s\" or \"2m\", got %s",
                     ev_what(w, what, sizeof(what)));
     int64_t sec;
     int32_t ns;
@@ -658,8 +658,10 @@ static int set_duration(struct walker *w, const ProtobufCFieldDescriptor *f, voi
     if (!m)
         return -ENOMEM;
     *dst = m;
-    const ProtobufCFieldDescriptor *fs = protobuf_c_message_descriptor_get_field_by_name(d, "seconds");
-    const ProtobufCFieldDescriptor *fn = protobuf_c_message_descriptor_get_field_by_name(d, "nanos");
+    const ProtobufCFieldDescriptor *fs =
+        protobuf_c_message_descriptor_get_field_by_name(d, "seconds");
+    const ProtobufCFieldDescriptor *fn =
+        protobuf_c_message_descriptor_get_field_by_name(d, "nanos");
     if (fs && fs->type == PROTOBUF_C_TYPE_INT64)
         *(int64_t *)MEMBER(m, fs->offset) = sec;
     if (fn && fn->type == PROTOBUF_C_TYPE_INT32)
@@ -870,6 +872,20 @@ static int parse_map(struct walker *w, const ProtobufCFieldDescriptor *f, Protob
         size_t klen = w->ev.data.scalar.length;
         unsigned kline = ev_line(w);
         size_t old = path_push_key(w, ktext, klen);
+        /* Keys stay short and printable so that every rendering of them (paths, JSON read
+         * back as YAML, whose implicit keys end at 1024 characters) stays within bounds. */
+        if (klen > RMR_YAMLPB_MAX_KEY) {
+            rc = fail(w, kline, "a key must be at most %d bytes", RMR_YAMLPB_MAX_KEY);
+            goto out;
+        }
+        for (size_t i = 0; i < klen; i++) {
+            unsigned char ch = (unsigned char)ktext[i];
+            if (ch < 0x20 || ch == 0x7f ||
+                (ch == 0xc2 && i + 1 < klen && (unsigned char)ktext[i + 1] < 0xa0)) {
+                rc = fail(w, kline, "a key cannot contain control characters");
+                goto out;
+            }
+        }
         if ((rc = record_line(w, kline)) < 0)
             goto out;
         ProtobufCMessage **slot = repeated_slot(msg, f);
@@ -916,8 +932,7 @@ static int parse_map(struct walker *w, const ProtobufCFieldDescriptor *f, Protob
         if ((rc = next(w)) < 0)
             goto out;
         if (ev_is_null(w))
-            rc = vf->type == PROTOBUF_C_TYPE_MESSAGE ? null_item(w, vf, MEMBER(e, vf->offset))
-                                                    : 0;
+            rc = vf->type == PROTOBUF_C_TYPE_MESSAGE ? null_item(w, vf, MEMBER(e, vf->offset)) : 0;
         else
             rc = parse_one(w, vf, MEMBER(e, vf->offset));
         if (rc < 0)
@@ -1199,7 +1214,8 @@ int rmr_yamlpb_parse(const char *name, const void *buf, size_t len,
     if (rc < 0)
         goto fail;
     if (lines) {
-        qsort(w->lines->v, w->lines->n, sizeof(w->lines->v[0]), cmp_line_ent);
+        if (w->lines->n > 1)
+            qsort(w->lines->v, w->lines->n, sizeof(w->lines->v[0]), cmp_line_ent);
         *lines = w->lines;
     }
     free(w);
@@ -1220,8 +1236,7 @@ fail:
 }
 
 int rmr_yamlpb_load(const char *path, const ProtobufCMessageDescriptor *desc,
-                    ProtobufCMessage **out, rmr_yamlpb_lines_t **lines, char *err,
-                    size_t errlen)
+                    ProtobufCMessage **out, rmr_yamlpb_lines_t **lines, char *err, size_t errlen)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -1256,8 +1271,7 @@ int rmr_yamlpb_load(const char *path, const ProtobufCMessageDescriptor *desc,
         if (len == cap) {
             if (cap > RMR_YAMLPB_MAX_INPUT) {
                 if (errlen)
-                    snprintf(err, errlen, "%s: larger than %u bytes", path,
-                             RMR_YAMLPB_MAX_INPUT);
+                    snprintf(err, errlen, "%s: larger than %u bytes", path, RMR_YAMLPB_MAX_INPUT);
                 rc = -EFBIG;
                 goto fail;
             }
@@ -1407,9 +1421,18 @@ int rmr_json_string(char **buf, size_t *used, size_t *cap, const char *s, size_t
             i++;
         } else {
             size_t n = utf8_len(p + i, len - i);
+            unsigned cp = n == 2 ? ((c & 0x1fu) << 6 | (p[i + 1] & 0x3fu))
+                          : n == 3
+                              ? ((c & 0x0fu) << 12 | (p[i + 1] & 0x3fu) << 6 | (p[i + 2] & 0x3fu))
+                              : 0;
             if (n == 0) {
                 jput(&j, "\\ufffd", 6); /* not UTF-8: JSON cannot carry it */
                 i++;
+            } else if ((cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 || cp == 0xfeff) {
+                /* C1 controls, YAML's extra line breaks (NEL, LS, PS) and BOM: escaped so
+                 * the JSON reads back the same as YAML and is safe to paste into JS */
+                jprintf(&j, "\\u%04x", cp);
+                i += n;
             } else {
                 jput(&j, (const char *)p + i, n);
                 i += n;
@@ -1433,8 +1456,10 @@ static void jstr(struct jbuf *j, const char *s, size_t len)
 static void json_duration(struct jbuf *j, const ProtobufCMessage *m)
 {
     const ProtobufCMessageDescriptor *d = m->descriptor;
-    const ProtobufCFieldDescriptor *fs = protobuf_c_message_descriptor_get_field_by_name(d, "seconds");
-    const ProtobufCFieldDescriptor *fn = protobuf_c_message_descriptor_get_field_by_name(d, "nanos");
+    const ProtobufCFieldDescriptor *fs =
+        protobuf_c_message_descriptor_get_field_by_name(d, "seconds");
+    const ProtobufCFieldDescriptor *fn =
+        protobuf_c_message_descriptor_get_field_by_name(d, "nanos");
     int64_t s = fs ? *(const int64_t *)MEMBER(m, fs->offset) : 0;
     int32_t ns = fn ? *(const int32_t *)MEMBER(m, fn->offset) : 0;
     if (ns == 0) {

@@ -622,8 +622,27 @@ static ssize_t route_request(conn_t *d, const char *host, size_t hlen, const cha
     const rmr_listener_conf_t *lc = d->lst->conf;
     if (lc->inbound)
         return (ssize_t)lc->inbound_service;
+    const char *q = memchr(path, '?', plen); /* paths match without the query */
+    if (q)
+        plen = (size_t)(q - path);
+    const char *method = llhttp_method_name(d->parser.method);
+    char pathz[2048];
+    int have_pathz = 0;
     for (size_t i = 0; i < cfg->n_routes; i++) {
         const rmr_route_conf_t *r = &cfg->routes[i];
+        if (r->method && strcmp(r->method, method))
+            continue;
+        if (r->path_re) {
+            if (plen >= sizeof(pathz))
+                continue; /* longer than any route regex is meant for */
+            if (!have_pathz) {
+                memcpy(pathz, path, plen);
+                pathz[plen] = 0;
+                have_pathz = 1;
+            }
+            if (regexec(r->path_re, pathz, 0, NULL, 0) != 0)
+                continue;
+        }
         if (r->match_service && (strlen(r->match_service) != hlen ||
                                  strncasecmp(r->match_service, host, hlen)))
             continue;

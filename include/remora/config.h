@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <netinet/in.h>
+#include <regex.h>
 
 typedef enum rmr_lb {
     RMR_LB_ROUND_ROBIN = 0,
@@ -59,7 +60,10 @@ typedef struct rmr_service_conf {
     char *dns_name;
     uint16_t dns_port;
     uint32_t dns_refresh_ms; /* default 5000 */
-    const void *pb;          /* the Remora__V1__Service it came from, for later filters */
+    /* The Remora__V1__Service it came from, for later filters (circuit_breaker,
+     * idempotency...). For the inbound service "inbound|<service>": the mesh's entry named
+     * <service> when there is one, else NULL. NULL for none from the command line. */
+    const void *pb;
 } rmr_service_conf_t;
 
 typedef struct rmr_route_conf {
@@ -67,6 +71,10 @@ typedef struct rmr_route_conf {
     char *match_service; /* Host/:authority without port; NULL matches any */
     char *path_prefix;   /* NULL or "" matches any */
     char *path_exact;    /* NULL: not used */
+    char *path_regex;    /* POSIX ERE on the whole path, NULL: not used; compiled in path_re */
+    regex_t *path_re;    /* path_regex compiled (REG_EXTENDED | REG_NOSUB), owned */
+    char *method;        /* NULL: any method */
+    /* match.headers and match.query are in pb (Remora__V1__KeyMatch) */
     size_t service;      /* index into rmr_config_t.services */
     uint32_t timeout_ms; /* whole request, 0 = the listener's default */
     const void *pb;      /* the Remora__V1__Route it came from */
@@ -79,25 +87,27 @@ typedef struct rmr_listener_conf {
 } rmr_listener_conf_t;
 
 typedef struct rmr_limits {
-    uint32_t max_header_bytes;      /* request/response head, default 65536 (431 past it) */
-    uint32_t max_headers;           /* default 100 */
-    uint64_t max_body_bytes;        /* request body, 0 = unlimited (413 past it) */
-    uint32_t header_timeout_ms;     /* first byte to end of request head, default 10000 (408) */
-    uint32_t request_timeout_ms;    /* default route timeout, default 15000 (504) */
-    uint32_t idle_timeout_ms;       /* downstream keep-alive idle, default 60000 */
-    uint32_t drain_timeout_ms;      /* SIGTERM grace, default 10000 */
-    uint32_t max_connections;       /* per worker, default 10000 */
+    uint32_t max_header_bytes;   /* request/response head, default 65536 (431 past it) */
+    uint32_t max_headers;        /* default 100 */
+    uint64_t max_body_bytes;     /* request body, 0 = unlimited (413 past it) */
+    uint32_t header_timeout_ms;  /* first byte to end of request head, default 10000 (408) */
+    uint32_t request_timeout_ms; /* default route timeout, default 15000 (504) */
+    uint32_t idle_timeout_ms;    /* downstream keep-alive idle, default 60000 */
+    uint32_t drain_timeout_ms;   /* SIGTERM grace, default 10000 */
+    uint32_t max_connections;    /* per worker, default 10000 */
 } rmr_limits_t;
 
 typedef struct rmr_config {
-    int refs; /* atomic; see rmr_config_ref/unref */
-    char *source; /* file it came from, or "command line" */
+    int refs;         /* atomic; see rmr_config_ref/unref */
+    char *source;     /* file it came from, or "command line" */
     unsigned workers; /* 0 = one per core */
     char *node;
     char *service_name; /* the service this sidecar fronts, may be NULL */
     rmr_addr_t *admin;  /* NULL: no admin listener */
     size_t n_listeners;
     rmr_listener_conf_t *listeners;
+    /* the mesh's services in order, then "inbound|<service>" (the local app) when the
+     * bootstrap has inbound */
     size_t n_services;
     rmr_service_conf_t *services;
     size_t n_routes;
@@ -121,6 +131,16 @@ typedef struct rmr_conf_err {
  * with err filled in ("file:line: field: message").
  */
 rmr_config_t *rmr_config_load(const char *bootstrap_path, rmr_conf_err_t *err);
+
+/*
+ * As rmr_config_load, from YAML text in memory: the bootstrap boot_yaml[0..boot_len) and the
+ * mesh mesh_yaml[0..mesh_len) (NULL: no mesh; the bootstrap's mesh_file is not read). The names
+ * are used in errors. For remora-control validating a pushed mesh, and for the fuzzer.
+ * Returns a snapshot with one reference, or NULL with err filled in.
+ */
+rmr_config_t *rmr_config_parse(const char *boot_name, const char *boot_yaml, size_t boot_len,
+                               const char *mesh_name, const char *mesh_yaml, size_t mesh_len,
+                               rmr_conf_err_t *err);
 
 /*
  * Builds the one-route config of `remora --listen A --upstream B [--workers N] [--admin C]`:
@@ -156,8 +176,8 @@ void rmr_config_unref(rmr_config_t *c);
  * refresh. The copy has one reference and shares c's protobuf messages (reference-counted), so
  * c may be unref'd first. Returns NULL on allocation failure or when svc is out of range.
  */
-rmr_config_t *rmr_config_with_endpoints(const rmr_config_t *c, size_t svc,
-                                        const rmr_addr_t *eps, size_t n);
+rmr_config_t *rmr_config_with_endpoints(const rmr_config_t *c, size_t svc, const rmr_addr_t *eps,
+                                        size_t n);
 
 /*
  * Renders the snapshot as JSON for the admin /config endpoint: source, node, listeners,

@@ -55,6 +55,8 @@ struct rmr_loop {
     rmr_op_t efd_op;
     void (*on_wake)(rmr_loop_t *loop);
     int stop;
+    int busy;              /* the last turn had completions */
+    uint32_t busy_poll_us; /* poll this long before sleeping while busy; 0: never */
     unsigned features; /* RMR_LOOP_F_* */
     void *data;
 };

@@ -26,7 +26,8 @@
  * made of [A-Za-z0-9_-] is written `labels["a.b"]`.
  *
  * Bounds against hostile input: RMR_YAMLPB_MAX_INPUT bytes, RMR_YAMLPB_MAX_DEPTH nested
- * collections, RMR_YAMLPB_MAX_ITEMS sequence items and mapping entries in all.
+ * collections, RMR_YAMLPB_MAX_ITEMS sequence items and mapping entries in all, map keys of at
+ * most RMR_YAMLPB_MAX_KEY bytes without control characters.
  *
  * Threads: every function is reentrant; a result is owned by the caller.
  */
@@ -42,6 +43,8 @@
 #define RMR_YAMLPB_MAX_INPUT (4u << 20)
 /* Deepest nesting of mappings and sequences accepted. */
 #define RMR_YAMLPB_MAX_DEPTH 64
+/* Longest map key accepted, in bytes (map keys cannot hold control characters either). */
+#define RMR_YAMLPB_MAX_KEY 256
 /* Most sequence items plus mapping entries accepted in one document. */
 #define RMR_YAMLPB_MAX_ITEMS 200000
 
@@ -66,8 +69,7 @@ int rmr_yamlpb_parse(const char *name, const void *buf, size_t len,
  * returns -errno of open/read failures, with "PATH: strerror" in err.
  */
 int rmr_yamlpb_load(const char *path, const ProtobufCMessageDescriptor *desc,
-                    ProtobufCMessage **out, rmr_yamlpb_lines_t **lines, char *err,
-                    size_t errlen);
+                    ProtobufCMessage **out, rmr_yamlpb_lines_t **lines, char *err, size_t errlen);
 
 /*
  * Line (1-based) where `path` was written, e.g. "services[1].endpoints[0].address". When that

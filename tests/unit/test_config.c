@@ -20,28 +20,28 @@
 
 static int failures, checks;
 
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        checks++;                                                                              \
-        if (cond) {                                                                            \
-            printf("ok   %s\n", #cond);                                                        \
-        } else {                                                                               \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                             \
-            failures++;                                                                        \
-        }                                                                                      \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (cond) {                                                                                \
+            printf("ok   %s\n", #cond);                                                            \
+        } else {                                                                                   \
+            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                 \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_STR(a, b)                                                                        \
-    do {                                                                                       \
-        const char *a_ = (a), *b_ = (b);                                                       \
-        checks++;                                                                              \
-        if ((!a_ && !b_) || (a_ && b_ && !strcmp(a_, b_))) {                                   \
-            printf("ok   %s == \"%s\"\n", #a, b_ ? b_ : "(null)");                             \
-        } else {                                                                               \
-            printf("FAIL %s:%d: %s: got \"%s\", want \"%s\"\n", __FILE__, __LINE__, #a,        \
-                   a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                    \
-            failures++;                                                                        \
-        }                                                                                      \
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *a_ = (a), *b_ = (b);                                                           \
+        checks++;                                                                                  \
+        if ((!a_ && !b_) || (a_ && b_ && !strcmp(a_, b_))) {                                       \
+            printf("ok   %s == \"%s\"\n", #a, b_ ? b_ : "(null)");                                 \
+        } else {                                                                                   \
+            printf("FAIL %s:%d: %s: got \"%s\", want \"%s\"\n", __FILE__, __LINE__, #a,            \
+                   a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                        \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 static char *slurp(const char *path)
@@ -113,9 +113,21 @@ static void test_addr_parse(void)
     CHECK(rmr_addr_parse("127.0.0.1:65535", &a) == 0);
     rmr_addr_clear(&a);
     static const char *const bad[] = {
-        "",          "1.2.3.4",        "1.2.3.4:",    "1.2.3.4:65536", "1.2.3.4:8x",
-        ":80",       "::1:80",         "[::1]80",     "[::1]:",        "[1.2.3.4]:80",
-        "example.com:80", "1.2.3.256:80", "1.2.3.4:-1", "1.2.3.4:123456", "[::1:80",
+        "",
+        "1.2.3.4",
+        "1.2.3.4:",
+        "1.2.3.4:65536",
+        "1.2.3.4:8x",
+        ":80",
+        "::1:80",
+        "[::1]80",
+        "[::1]:",
+        "[1.2.3.4]:80",
+        "example.com:80",
+        "1.2.3.256:80",
+        "1.2.3.4:-1",
+        "1.2.3.4:123456",
+        "[::1:80",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int rc = rmr_addr_parse(bad[i], &a);
@@ -164,8 +176,7 @@ static void test_load_examples(void)
         CHECK(s->idle_timeout_ms == 60000);
         CHECK(s->dns_name == NULL);
         CHECK(s->n_endpoints == 2);
-        CHECK(s->n_endpoints == 2 &&
-              addr_is(&s->endpoints[1].addr, AF_INET, "127.0.0.1", 18082) &&
+        CHECK(s->n_endpoints == 2 && addr_is(&s->endpoints[1].addr, AF_INET, "127.0.0.1", 18082) &&
               s->endpoints[1].n_labels == 1 && !strcmp(s->endpoints[1].labels[0].key, "version") &&
               !strcmp(s->endpoints[1].labels[0].value, "v2"));
         CHECK(s->pb != NULL &&
@@ -223,8 +234,9 @@ static void test_load_examples(void)
                            "\"service\": \"inbound|checkout\"}") != NULL);
         CHECK(strstr(json, "\"dns\": {\"name\": \"localhost\", \"port\": 18091") != NULL);
         CHECK(strstr(json, "\"base_ejection\": \"5s\"") != NULL);
-        CHECK(strstr(json, "\"on\": [\"connect-failure\", \"reset\", \"gateway-error\", \"503\"]") !=
-              NULL);
+        CHECK(
+            strstr(json, "\"on\": [\"connect-failure\", \"reset\", \"gateway-error\", \"503\"]") !=
+            NULL);
         free(json);
     }
 
@@ -255,8 +267,8 @@ static void test_load_examples(void)
         CHECK_STR(d->services[1].dns_name, "localhost");
         CHECK(d->services[0].n_endpoints == 2 && d->services[0].endpoints[0].n_labels == 1);
         /* the protobuf messages are still alive after the original went */
-        CHECK(d->services[0].pb && !strcmp(((const Remora__V1__Service *)d->services[0].pb)->name,
-                                           "checkout"));
+        CHECK(d->services[0].pb &&
+              !strcmp(((const Remora__V1__Service *)d->services[0].pb)->name, "checkout"));
         CHECK(d->routes[0].pb &&
               ((const Remora__V1__Route *)d->routes[0].pb)->retry->attempts == 3);
         CHECK_STR(d->routes[0].path_prefix, "/");
@@ -311,11 +323,65 @@ static void test_control_only(void)
     rmr_config_unref(c);
 }
 
+static void test_parse_in_memory(void)
+{
+    rmr_conf_err_t err = {""};
+    rmr_config_t *c = rmr_config_parse("boot", sidecar_text, strlen(sidecar_text), "pushed",
+                                       mesh_text, strlen(mesh_text), &err);
+    if (!c)
+        printf("     error: %s\n", err.msg);
+    CHECK(c && c->n_services == 3 && c->n_routes == 2 && c->routes[1].service == 1);
+    rmr_config_unref(c);
+    static const char bad[] = "routes:\n- name: r\n  match: {service: nope}\n";
+    c = rmr_config_parse("boot", sidecar_text, strlen(sidecar_text), "pushed", bad, sizeof(bad) - 1,
+                         &err);
+    CHECK(c == NULL);
+    CHECK_STR(err.msg, "pushed:3: routes[0].match.service: no service named \"nope\"");
+    c = rmr_config_parse("boot", "node: [", 7, "pushed", NULL, 0, &err);
+    CHECK(c == NULL);
+    CHECK_STR(err.msg, "boot:1: node: expected a string, got a sequence");
+    c = rmr_config_parse("boot", "node: \"a", 8, "pushed", NULL, 0, &err);
+    CHECK(c == NULL);
+    CHECK_STR(err.msg, "boot:1: node: bad YAML: found unexpected end of stream while scanning a "
+                       "quoted scalar");
+}
+
+static void test_regex_route(void)
+{
+    rmr_conf_err_t err = {""};
+    static const char mesh[] = "services: [{name: s, endpoints: [{address: 127.0.0.1:9}]}]\n"
+                               "routes:\n"
+                               "- {name: api, match: {service: s, path_regex: '^/api/[0-9]+$',"
+                               " method: POST}}\n";
+    rmr_config_t *c = rmr_config_parse("boot", "outbound: {listen: 127.0.0.1:1}", 31, "mesh", mesh,
+                                       sizeof(mesh) - 1, &err);
+    if (!c)
+        printf("     error: %s\n", err.msg);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    const rmr_route_conf_t *r = &c->routes[0];
+    CHECK_STR(r->path_regex, "^/api/[0-9]+$");
+    CHECK_STR(r->method, "POST");
+    CHECK(r->path_prefix == NULL && r->path_exact == NULL);
+    CHECK(r->path_re && regexec(r->path_re, "/api/12", 0, NULL, 0) == 0 &&
+          regexec(r->path_re, "/api/x", 0, NULL, 0) == REG_NOMATCH);
+    rmr_addr_t ep = {0};
+    CHECK(rmr_addr_parse("127.0.0.1:10", &ep) == 0);
+    rmr_config_t *d = rmr_config_with_endpoints(c, 0, &ep, 1);
+    rmr_addr_clear(&ep);
+    CHECK(d && d->routes[0].path_re && d->routes[0].path_re != r->path_re);
+    rmr_config_unref(c);
+    CHECK(d && d->routes[0].path_re && regexec(d->routes[0].path_re, "/api/7", 0, NULL, 0) == 0);
+    CHECK(d && !strcmp(d->routes[0].method, "POST"));
+    rmr_config_unref(d);
+}
+
 static void test_simple(void)
 {
     rmr_conf_err_t err = {""};
-    rmr_config_t *c = rmr_config_simple("127.0.0.1:8080", "127.0.0.1:9001, [::1]:9002,localhost:9003",
-                                        4, "127.0.0.1:9901", &err);
+    rmr_config_t *c = rmr_config_simple(
+        "127.0.0.1:8080", "127.0.0.1:9001, [::1]:9002,localhost:9003", 4, "127.0.0.1:9901", &err);
     if (!c)
         printf("     error: %s\n", err.msg);
     CHECK(c != NULL);
@@ -387,7 +453,7 @@ static const struct bad bad_configs[] = {
      "localhost:port, got \"127.0.0.1\""},
     {"address: 127.0.0.1:18082", "address: 127.0.0.1:0", NULL,
      "mesh.yaml:7: services[0].endpoints[1].address: port 0 is not a valid endpoint port"},
-    {"weight: 90", "weight: 0", "", NULL},
+    {"weight: 90", "weight: 0", NULL, NULL},
     {"  - name: ledger\n", "  - name: checkout\n", NULL,
      "mesh.yaml:28: services[1].name: duplicate service \"checkout\" (first at line 4)"},
     {"  - name: ledger-default\n", "  - name: checkout-gray\n", NULL,
@@ -445,24 +511,24 @@ static const struct bad bad_configs[] = {
      "mesh.yaml:11: services[0].circuit_breaker.max_connections: expected an unsigned integer, "
      "got \"lots\""},
     {NULL, NULL, "mesh_file: missing.yaml\n",
-     "sidecar.yaml:10: mesh_file: missing.yaml: No such file or directory"},
-    {NULL, NULL, "admin: nowhere\n", "sidecar.yaml:10: admin: duplicate key (first at line 6)"},
+     "sidecar.yaml:12: mesh_file: missing.yaml: No such file or directory"},
+    {NULL, NULL, "admin: nowhere\n", "sidecar.yaml:12: admin: duplicate key (first at line 7)"},
     {"admin: 127.0.0.1:15000", "admin: nowhere:1", "",
-     "sidecar.yaml:6: admin: expected ip:port, [ipv6]:port or localhost:port, got \"nowhere:1\""},
+     "sidecar.yaml:7: admin: expected ip:port, [ipv6]:port or localhost:port, got \"nowhere:1\""},
     {"app: 127.0.0.1:18081", "app: 127.0.0.1", "",
-     "sidecar.yaml:4: inbound.app: expected ip:port, [ipv6]:port or localhost:port, got "
+     "sidecar.yaml:5: inbound.app: expected ip:port, [ipv6]:port or localhost:port, got "
      "\"127.0.0.1\""},
     {"inbound:  {listen: 127.0.0.1:15006, ", "inbound:  {", "",
-     "sidecar.yaml:4: inbound.listen: an address host:port is required"},
+     "sidecar.yaml:5: inbound.listen: an address host:port is required"},
     {"service: checkout ", "# service: checkout ", "",
-     "sidecar.yaml: service: the service this sidecar fronts is required with inbound"},
+     "sidecar.yaml:5: inbound: needs `service:`, the name of the service this sidecar fronts"},
     {"control: 127.0.0.1:15010", "control: 127.0.0.1", "",
-     "sidecar.yaml:7: control: expected host:port, got \"127.0.0.1\""},
-    {"workers: 2", "workers: 5000", "", "sidecar.yaml:10: workers: at most 1024 workers, got 5000"},
+     "sidecar.yaml:8: control: expected host:port, got \"127.0.0.1\""},
+    {"workers: 2", "workers: 5000", "", "sidecar.yaml:11: workers: at most 1024 workers, got 5000"},
     {NULL, NULL, "limits: {max_header_bytes: 100}\n",
-     "sidecar.yaml:10: limits.max_header_bytes: must be at least 1024, got 100"},
+     "sidecar.yaml:12: limits.max_header_bytes: must be at least 1024, got 100"},
     {NULL, NULL, "limits: {idle_timeout: 2000000h}\n",
-     "sidecar.yaml:10: limits.idle_timeout: duration out of range (0s..4294967s)"},
+     "sidecar.yaml:12: limits.idle_timeout: duration out of range (0s..4294967s)"},
 };
 
 static char *replace_once(const char *text, const char *find, const char *rep)
@@ -580,6 +646,8 @@ int main(int argc, char **argv)
     test_addr_parse();
     test_load_examples();
     test_control_only();
+    test_parse_in_memory();
+    test_regex_route();
     test_simple();
     test_bad_configs();
     static const char *const files[] = {"sidecar.yaml", "mesh.yaml", "boot2.yaml", "b3.yaml",

@@ -18,28 +18,28 @@
 
 static int failures, checks;
 
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        checks++;                                                                              \
-        if (cond) {                                                                            \
-            printf("ok   %s\n", #cond);                                                        \
-        } else {                                                                               \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                             \
-            failures++;                                                                        \
-        }                                                                                      \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (cond) {                                                                                \
+            printf("ok   %s\n", #cond);                                                            \
+        } else {                                                                                   \
+            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                 \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_STR(a, b)                                                                        \
-    do {                                                                                       \
-        const char *a_ = (a), *b_ = (b);                                                       \
-        checks++;                                                                              \
-        if (a_ && b_ && !strcmp(a_, b_)) {                                                     \
-            printf("ok   %s == \"%s\"\n", #a, b_);                                             \
-        } else {                                                                               \
-            printf("FAIL %s:%d: %s: got \"%s\", want \"%s\"\n", __FILE__, __LINE__, #a,        \
-                   a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                    \
-            failures++;                                                                        \
-        }                                                                                      \
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *a_ = (a), *b_ = (b);                                                           \
+        checks++;                                                                                  \
+        if (a_ && b_ && !strcmp(a_, b_)) {                                                         \
+            printf("ok   %s == \"%s\"\n", #a, b_);                                                 \
+        } else {                                                                                   \
+            printf("FAIL %s:%d: %s: got \"%s\", want \"%s\"\n", __FILE__, __LINE__, #a,            \
+                   a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                        \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 #define CHECK_DUR(d, s, ns) CHECK((d) != NULL && (d)->seconds == (s) && (d)->nanos == (ns))
@@ -243,8 +243,8 @@ static void test_sidecar_example(const char *dir)
     char path[1024], err[512];
     snprintf(path, sizeof(path), "%s/sidecar.yaml", dir);
     ProtobufCMessage *msg = NULL;
-    int rc = rmr_yamlpb_load(path, &remora__v1__bootstrap__descriptor, &msg, NULL, err,
-                             sizeof(err));
+    int rc =
+        rmr_yamlpb_load(path, &remora__v1__bootstrap__descriptor, &msg, NULL, err, sizeof(err));
     if (rc != 0)
         printf("     error: %s\n", err);
     CHECK(rc == 0);
@@ -275,13 +275,27 @@ static void test_durations(void)
         int64_t s;
         int32_t ns;
     } t[] = {
-        {"500ms", 0, 0, 500000000}, {"1s", 0, 1, 0},         {"2m", 0, 120, 0},
-        {"1h", 0, 3600, 0},         {"0s", 0, 0, 0},         {"0", 0, 0, 0},
-        {"1.5s", 0, 1, 500000000},  {"1m30s", 0, 90, 0},     {"250us", 0, 0, 250000},
-        {"7ns", 0, 0, 7},           {"1.5h", 0, 5400, 0},    {"0.001ms", 0, 0, 1000},
-        {"", -EINVAL, 0, 0},        {"5", -EINVAL, 0, 0},    {"-1s", -EINVAL, 0, 0},
-        {"1x", -EINVAL, 0, 0},      {"s", -EINVAL, 0, 0},    {"1 s", -EINVAL, 0, 0},
-        {".s", -EINVAL, 0, 0},      {"99999999999999999999999h", -EINVAL, 0, 0},
+        {"500ms", 0, 0, 500000000},
+        {"1s", 0, 1, 0},
+        {"2m", 0, 120, 0},
+        {"1h", 0, 3600, 0},
+        {"0s", 0, 0, 0},
+        {"0", 0, 0, 0},
+        {"1.5s", 0, 1, 500000000},
+        {"1m30s", 0, 90, 0},
+        {"250us", 0, 0, 250000},
+        {"7ns", 0, 0, 7},
+        {"1.5h", 0, 5400, 0},
+        {"0.001ms", 0, 0, 1000},
+        {"", -EINVAL, 0, 0},
+        {"5", -EINVAL, 0, 0},
+        {"-1s", -EINVAL, 0, 0},
+        {"1x", -EINVAL, 0, 0},
+        {"s", -EINVAL, 0, 0},
+        {"1 s", -EINVAL, 0, 0},
+        {".s", -EINVAL, 0, 0},
+        {"99999999999999999999999h", -EINVAL, 0, 0},
+        {"9999999999999999999999h", -EINVAL, 0, 0}, /* found by the fuzzer: 128-bit overflow */
         {"9223372036854775807s", 0, INT64_MAX, 0},
         {"9223372036854775808s", -EINVAL, 0, 0},
     };
@@ -423,8 +437,9 @@ static const struct bad bad_inputs[] = {
      "t.yaml:2: services: anchors (&x) are not supported: write the value out"},
     {0, "services:\n- {name: a}\n- *x\n",
      "t.yaml:3: services: aliases (*x) are not supported: write the value out"},
-    {0, "services:\n- name: !!str a\n", "t.yaml:2: services[0].name: tags (tag:yaml.org,2002:str) "
-                                        "are not supported"},
+    {0, "services:\n- name: !!str a\n",
+     "t.yaml:2: services[0].name: tags (tag:yaml.org,2002:str) "
+     "are not supported"},
     {0, "- a\n- b\n", "t.yaml:1: expected a mapping of fields at the top, got a sequence"},
     {0, "services: []\n---\nroutes: []\n", "t.yaml:2: only one YAML document is allowed"},
     {0, "? [a]\n: b\n", "t.yaml:1: a key must be a field name, got a sequence"},
@@ -440,6 +455,9 @@ static const struct bad bad_inputs[] = {
      "t.yaml:2: routes[0].name: a value cannot contain a NUL character"},
     {0, "routes:\n- lanes: {map: {\"a.b\": {v: 1}, \"a.b\": {}}}\n",
      "t.yaml:2: routes[0].lanes.map[\"a.b\"]: duplicate key (first at line 2)"},
+    {0, "services:\n- endpoints:\n  - labels: {\"a\\tb\": x}\n",
+     "t.yaml:3: services[0].endpoints[0].labels[\"a\\x09b\"]: a key cannot contain control "
+     "characters"},
     {1, "workers: -1\n", "t.yaml:1: workers: \"-1\" is out of range for uint32 (0..4294967295)"},
     {1, "limits:\n  max_body_bytes: 18446744073709551616\n",
      "t.yaml:2: limits.max_body_bytes: \"18446744073709551616\" is out of range for uint64 "
@@ -490,8 +508,8 @@ static void test_limits(void)
     for (size_t i = 0; i < n; i++)
         deep[o++] = ']';
     deep[o] = '\0';
-    int rc = rmr_yamlpb_parse("deep.yaml", deep, o, &remora__v1__mesh__descriptor, &msg, NULL,
-                              err, sizeof(err));
+    int rc = rmr_yamlpb_parse("deep.yaml", deep, o, &remora__v1__mesh__descriptor, &msg, NULL, err,
+                              sizeof(err));
     CHECK(rc == -EINVAL);
     CHECK_STR(err, "deep.yaml:1: services[0]: expected a mapping, got a sequence");
     free(deep);
@@ -519,6 +537,14 @@ static void test_limits(void)
                           sizeof(err));
     CHECK(rc == -EINVAL && strstr(err, "more than 200000 items") != NULL);
     free(many);
+
+    /* map keys are bounded */
+    char key[400];
+    snprintf(key, sizeof(key), "node: a\nlabels: {%0300d: v}\n", 7);
+    rc = rmr_yamlpb_parse("k.yaml", key, strlen(key), &remora__v1__bootstrap__descriptor, &msg,
+                          NULL, err, sizeof(err));
+    CHECK(rc == -EINVAL && strstr(err, "k.yaml:2: labels[\"000") == err &&
+          strstr(err, "...\"]: a key must be at most 256 bytes") != NULL);
 
     /* a tiny error buffer is truncated, never overrun */
     char tiny[8];
