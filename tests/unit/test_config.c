@@ -491,8 +491,6 @@ static const struct bad bad_configs[] = {
     {"    dns: {name: localhost, port: 18091, refresh: 5s}",
      "    dns: {name: localhost, refresh: 5s}", NULL,
      "mesh.yaml:29: services[1].dns.port: a port within 1..65535 is required"},
-    {"    dns: {name: localhost, port: 18091, refresh: 5s}", "    protocol: http2", NULL,
-     "mesh.yaml:28: services[1]: service \"ledger\" needs endpoints or dns"},
     {"      path_prefix: /\n", "      path_prefix: api\n", NULL,
      "mesh.yaml:36: routes[0].match.path_prefix: must start with '/', got \"api\""},
     {"      path_prefix: /\n", "      path_regex: \"[a\"\n", NULL,
