@@ -322,7 +322,23 @@ void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms)
             } while (!ready && rmr_clock_us() < until);
         }
         if (!ready) {
-            int ret = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, tsp, NULL);
+            unsigned want = 1;
+            struct __kernel_timespec bts;
+            if (loop->batch_max > 1 && loop->last_n > 2) {
+                /* Under load, sleep until several completions are ready (or a short while
+                 * has passed): with deferred task running the kernel then wakes this thread
+                 * once per batch instead of once per message. */
+                want = loop->last_n / 2;
+                if (want > loop->batch_max)
+                    want = loop->batch_max;
+                uint64_t cap_ns = (uint64_t)loop->batch_us * 1000;
+                if (!tsp || (uint64_t)tsp->tv_sec * 1000000000ULL + (uint64_t)tsp->tv_nsec > cap_ns) {
+                    bts.tv_sec = 0;
+                    bts.tv_nsec = (long long)cap_ns;
+                    tsp = &bts;
+                }
+            }
+            int ret = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, want, tsp, NULL);
             (void)ret; /* -ETIME and -EINTR only mean there may be nothing to reap */
         }
         loop->now_ms = rmr_clock_ms();
@@ -341,6 +357,7 @@ void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms)
                 n++;
             }
             loop->busy = walked != 0;
+            loop->last_n = walked;
             if (!walked)
                 break;
             io_uring_cq_advance(&loop->ring, walked);
