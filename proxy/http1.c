@@ -82,6 +82,7 @@ struct conn {
     endpoint_t *ep;   /* upstream: its endpoint */
     const listener_t *lst;
     const char *feed_end; /* end of the bytes being parsed */
+    struct __kernel_timespec connect_ts;
     char client_ip[INET6_ADDRSTRLEN];
 };
 
@@ -943,20 +944,21 @@ static conn_t *up_connect(worker_t *w, endpoint_t *ep, int *err)
     u->state = U_CONNECTING;
     llhttp_init(&u->parser, HTTP_RESPONSE, &resp_settings);
     u->parser.data = u;
+    /* The connect and its linked timeout must go in the same submission. */
+    if (io_uring_sq_space_left(&w->loop.ring) < 2)
+        io_uring_submit(&w->loop.ring);
     struct io_uring_sqe *sqe = rmr_loop_sqe(&w->loop);
     io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&a->ss, a->len);
     io_uring_sqe_set_data(sqe, &u->connect_op);
     sqe->flags |= IOSQE_IO_LINK;
     u->ops++;
-    static __thread struct __kernel_timespec ts; /* read at submit time only */
+    /* The timespec lives in the connection: the kernel reads it when the turn submits. */
     uint32_t ms = ep->cluster->conf->connect_timeout_ms;
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+    u->connect_ts.tv_sec = ms / 1000;
+    u->connect_ts.tv_nsec = (long long)(ms % 1000) * 1000000;
     sqe = rmr_loop_sqe(&w->loop);
-    io_uring_prep_link_timeout(sqe, &ts, 0);
+    io_uring_prep_link_timeout(sqe, &u->connect_ts, 0);
     io_uring_sqe_set_data64(sqe, 0);
-    /* The timespec must stay valid until submission: submit now. */
-    io_uring_submit(&w->loop.ring);
     RMR_STAT_INC(ep->cluster->stats->upstream_cx_total);
     RMR_STAT_INC(ep->cluster->stats->upstream_cx_active);
     return u;
