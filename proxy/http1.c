@@ -1215,6 +1215,8 @@ static int resp_on_headers_complete(llhttp_t *p)
             rmr_buf_printf(b, "content-length: %lu\r\n", (unsigned long)p->content_length);
         if (d->close_after)
             rmr_buf_str(b, "connection: close\r\n");
+        else if (!client11)
+            rmr_buf_str(b, "connection: keep-alive\r\n"); /* an HTTP/1.0 client asked for it */
     }
     rmr_buf_str(b, "\r\n");
     if (b->oom)

@@ -212,3 +212,15 @@ def test_http10_client(proxy):
         r = c.read_response()
         assert r.status == 200 and r.json()["path"] == "/ten"
         assert c.wait_closed(5)
+
+
+def test_http10_keepalive_client(proxy):
+    """An HTTP/1.0 client that asks for keep-alive is told so, and its connection serves more."""
+    with HTTPConn(proxy.listen) as c:
+        for i in range(3):
+            c.send(b"GET /ten-ka/%d HTTP/1.0\r\nHost: upstream\r\nConnection: keep-alive\r\n\r\n"
+                   % i)
+            r = c.read_response()
+            assert r.status == 200 and r.json()["path"] == "/ten-ka/%d" % i
+            assert r.headers.get("connection", "").lower() == "keep-alive"
+            assert r.headers.get("transfer-encoding") is None
