@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "remora/log.h"
 #include "dns.h"
@@ -187,12 +188,12 @@ static void apply(target_t *t)
     rmr_config_unref(cfg);
 }
 
+static void on_answer_nodes(target_t *t, struct ares_addrinfo_node *nodes);
+
 static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo *res)
 {
     target_t *t = arg;
     (void)timeouts;
-    t->inflight = 0;
-    t->answered = 1;
     if (t->gone) {
         if (res)
             ares_freeaddrinfo(res);
@@ -200,17 +201,31 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
         return;
     }
     if (status != ARES_SUCCESS || !res) {
+        t->inflight = 0;
+        t->answered = 1;
         RMR_WARN("dns: %s: lookup of %s failed: %s; keeping %zu endpoints", t->service, t->name,
                  ares_strerror(status), t->naddrs);
-    } else {
+        rmr_timer_set(dns.loop, &t->timer, t->refresh_ms);
+        return;
+    }
+    on_answer_nodes(t, res->nodes);
+    ares_freeaddrinfo(res);
+}
+
+/* Takes an answer: the endpoints become its addresses (IPv4 preferred), sorted. */
+static void on_answer_nodes(target_t *t, struct ares_addrinfo_node *nodes)
+{
+    t->inflight = 0;
+    t->answered = 1;
+    {
         size_t n4 = 0, n = 0;
-        for (struct ares_addrinfo_node *nd = res->nodes; nd; nd = nd->ai_next) {
+        for (struct ares_addrinfo_node *nd = nodes; nd; nd = nd->ai_next) {
             n += nd->ai_family == AF_INET || nd->ai_family == AF_INET6;
             n4 += nd->ai_family == AF_INET;
         }
         rmr_addr_t *addrs = calloc(n ? n : 1, sizeof(*addrs));
         size_t k = 0;
-        for (struct ares_addrinfo_node *nd = res->nodes; addrs && nd; nd = nd->ai_next) {
+        for (struct ares_addrinfo_node *nd = nodes; addrs && nd; nd = nd->ai_next) {
             if (nd->ai_family != AF_INET && nd->ai_family != AF_INET6)
                 continue;
             if (n4 && nd->ai_family != AF_INET)
@@ -242,7 +257,6 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
             }
             k++;
         }
-        ares_freeaddrinfo(res);
         if (addrs) {
             qsort(addrs, k, sizeof(*addrs), addr_cmp);
             for (size_t i = 0; i < t->naddrs; i++)
@@ -256,10 +270,45 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
     rmr_timer_set(dns.loop, &t->timer, t->refresh_ms);
 }
 
+/* RFC 6761 6.3: "localhost" names always mean the loopback address, whatever /etc/hosts or
+ * the resolver (a minimal container may have neither) would say. */
+static int is_localhost(const char *name)
+{
+    size_t n = strlen(name);
+    if (n && name[n - 1] == '.')
+        n--;
+    return (n == 9 && !strncasecmp(name, "localhost", 9)) ||
+           (n > 10 && !strncasecmp(name + n - 10, ".localhost", 10));
+}
+
 static void query(target_t *t)
 {
     if (t->inflight)
         return;
+    if (is_localhost(t->name)) {
+        struct ares_addrinfo *ai = calloc(1, sizeof(*ai));
+        struct ares_addrinfo_node *nd = calloc(1, sizeof(*nd));
+        struct sockaddr_in *sin = calloc(1, sizeof(*sin));
+        if (!ai || !nd || !sin) {
+            free(ai);
+            free(nd);
+            free(sin);
+            rmr_timer_set(dns.loop, &t->timer, t->refresh_ms);
+            return;
+        }
+        sin->sin_family = AF_INET;
+        sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        nd->ai_family = AF_INET;
+        nd->ai_addr = (struct sockaddr *)sin;
+        nd->ai_addrlen = sizeof(*sin);
+        ai->nodes = nd;
+        t->inflight = 1;
+        on_answer_nodes(t, ai->nodes);
+        free(sin);
+        free(nd);
+        free(ai);
+        return;
+    }
     t->inflight = 1;
     char port[8];
     snprintf(port, sizeof(port), "%u", t->port);
