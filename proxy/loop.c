@@ -298,74 +298,50 @@ void rmr_loop_run(rmr_loop_t *loop)
 void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms)
 {
     struct done batch[CQE_BATCH];
-    {
-        struct __kernel_timespec ts, *tsp = NULL;
-        if (loop->nheap || max_wait_ms != UINT64_MAX) {
-            uint64_t wait = max_wait_ms;
-            uint64_t d = loop->nheap ? loop->heap[0]->deadline : UINT64_MAX;
-            if (d != UINT64_MAX && (d > loop->now_ms ? d - loop->now_ms : 0) < wait)
-                wait = d > loop->now_ms ? d - loop->now_ms : 0;
-            ts.tv_sec = wait / 1000;
-            ts.tv_nsec = (wait % 1000) * 1000000;
-            tsp = &ts;
-        }
-        struct io_uring_cqe *cqe;
-        int ready = 0;
-        if (loop->busy_poll_us && loop->busy) {
-            /* Under load, poll for completions a little before sleeping: a task that is
-             * running needs no wake-up, which spares the peers' CPUs an interrupt per
-             * message. */
-            uint64_t until = rmr_clock_us() + loop->busy_poll_us;
-            do {
-                io_uring_submit_and_get_events(&loop->ring);
-                ready = io_uring_cq_ready(&loop->ring) != 0;
-            } while (!ready && rmr_clock_us() < until);
-        }
-        if (!ready) {
-            unsigned want = 1;
-            struct __kernel_timespec bts;
-            if (loop->batch_max > 1 && loop->last_n > 2) {
-                /* Under load, sleep until several completions are ready (or a short while
-                 * has passed): with deferred task running the kernel then wakes this thread
-                 * once per batch instead of once per message. */
-                want = loop->last_n / 2;
-                if (want > loop->batch_max)
-                    want = loop->batch_max;
-                uint64_t cap_ns = (uint64_t)loop->batch_us * 1000;
-                if (!tsp || (uint64_t)tsp->tv_sec * 1000000000ULL + (uint64_t)tsp->tv_nsec > cap_ns) {
-                    bts.tv_sec = 0;
-                    bts.tv_nsec = (long long)cap_ns;
-                    tsp = &bts;
-                }
-            }
-            int ret = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, want, tsp, NULL);
-            (void)ret; /* -ETIME and -EINTR only mean there may be nothing to reap */
-        }
-        loop->now_ms = rmr_clock_ms();
-        for (;;) {
-            unsigned head, n = 0, walked = 0;
-            io_uring_for_each_cqe(&loop->ring, head, cqe)
-            {
-                if (n == CQE_BATCH)
-                    break;
-                walked++;
-                if (!cqe->user_data)
-                    continue; /* cancellations and other fire-and-forget ops */
-                batch[n].op = (rmr_op_t *)(uintptr_t)cqe->user_data;
-                batch[n].res = cqe->res;
-                batch[n].flags = cqe->flags;
-                n++;
-            }
-            loop->busy = walked != 0;
-            loop->last_n = walked;
-            if (!walked)
-                break;
-            io_uring_cq_advance(&loop->ring, walked);
-            for (unsigned i = 0; i < n; i++)
-                batch[i].op->cb(loop, batch[i].op, batch[i].res, batch[i].flags);
-            if (n < CQE_BATCH)
-                break;
-        }
-        run_timers(loop);
+    struct __kernel_timespec ts, *tsp = NULL;
+    uint64_t wait = max_wait_ms;
+    if (loop->nheap) {
+        uint64_t d = loop->heap[0]->deadline;
+        uint64_t until_timer = d > loop->now_ms ? d - loop->now_ms : 0;
+        if (until_timer < wait)
+            wait = until_timer;
     }
+    if (wait != UINT64_MAX) {
+        ts.tv_sec = (long long)(wait / 1000);
+        ts.tv_nsec = (long long)(wait % 1000) * 1000000;
+        tsp = &ts;
+    }
+    /* The one syscall of the turn: submit what the last turn queued, wait for a completion
+     * or the nearest timer. */
+    struct io_uring_cqe *cqe;
+    int ret = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, tsp, NULL);
+    (void)ret; /* -ETIME and -EINTR only mean there may be nothing to reap */
+    loop->now_ms = rmr_clock_ms();
+    for (;;) {
+        unsigned head, n = 0, walked = 0;
+        io_uring_for_each_cqe(&loop->ring, head, cqe)
+        {
+            if (n == CQE_BATCH)
+                break;
+            walked++;
+            if (!cqe->user_data)
+                continue; /* cancellations and other fire-and-forget ops */
+            batch[n].op = (rmr_op_t *)(uintptr_t)cqe->user_data;
+            batch[n].res = cqe->res;
+            batch[n].flags = cqe->flags;
+            n++;
+        }
+        if (!walked)
+            break;
+        loop->turns++;
+        loop->cqes += walked;
+        /* Advance first, then dispatch: callbacks may queue new SQEs and never see a CQE
+         * twice. */
+        io_uring_cq_advance(&loop->ring, walked);
+        for (unsigned i = 0; i < n; i++)
+            batch[i].op->cb(loop, batch[i].op, batch[i].res, batch[i].flags);
+        if (n < CQE_BATCH)
+            break;
+    }
+    run_timers(loop);
 }

@@ -245,9 +245,6 @@ static void *worker_main(void *arg)
     }
     w->loop.data = w;
     w->loop.on_wake = worker_wake;
-    w->loop.busy_poll_us = getenv("RMR_BUSY_POLL") ? (uint32_t)atoi(getenv("RMR_BUSY_POLL")) : 0;
-    w->loop.batch_max = getenv("RMR_BATCH") ? (uint32_t)atoi(getenv("RMR_BATCH")) : 0;
-    w->loop.batch_us = getenv("RMR_BATCH_US") ? (uint32_t)atoi(getenv("RMR_BATCH_US")) : 100;
     pthread_mutex_lock(&rmr_g.config_lock);
     w->running = 1;
     pthread_mutex_unlock(&rmr_g.config_lock);
@@ -280,6 +277,7 @@ static void *worker_main(void *arg)
     sem_post(&w->started);
     rmr_loop_run(&w->loop);
 
+    RMR_DEBUG("loop: %lu turns, %lu completions", w->loop.turns, w->loop.cqes);
     /* Stopped: close what is left and reap the completions before freeing. */
     listeners_close(w);
     h1_close_all(w);

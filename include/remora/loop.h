@@ -55,11 +55,7 @@ struct rmr_loop {
     rmr_op_t efd_op;
     void (*on_wake)(rmr_loop_t *loop);
     int stop;
-    int busy;              /* the last turn had completions */
-    uint32_t busy_poll_us; /* poll this long before sleeping while busy; 0: never */
-    uint32_t last_n;       /* completions reaped in the last turn */
-    uint32_t batch_max;    /* under load, wait for up to this many completions at once */
-    uint32_t batch_us;     /* ... but never longer than this */
+    uint64_t turns, cqes;  /* turns that reaped something, and what they reaped */
     unsigned features; /* RMR_LOOP_F_* */
     void *data;
 };
