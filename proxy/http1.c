@@ -100,10 +100,14 @@ static void up_fail(conn_t *u, int status, const char *reason, rmr_uerr_t uerr);
 
 /* ---- buffers ---- */
 
+/* Output buffers come from a per-worker pool: a streamed body grows a buffer to a few hundred
+ * KiB, and handing that back to malloc each time would map and fault its pages anew. */
 rmr_buf_t *wbuf_get(worker_t *w)
 {
     if (w->nfree_bufs)
         return w->free_bufs[--w->nfree_bufs];
+    if (w->nfree_big)
+        return w->free_big[--w->nfree_big];
     rmr_buf_t *b = calloc(1, sizeof(*b));
     return b;
 }
@@ -118,9 +122,14 @@ void wbuf_put(worker_t *w, rmr_buf_t *b)
         w->free_bufs[w->nfree_bufs++] = b;
         return;
     }
+    if (b->cap <= 1024 * 1024 && w->nfree_big < sizeof(w->free_big) / sizeof(w->free_big[0])) {
+        w->free_big[w->nfree_big++] = b;
+        return;
+    }
     rmr_buf_free(b);
     free(b);
 }
+
 
 static rmr_buf_t *out_of(conn_t *c)
 {
@@ -170,9 +179,36 @@ static void stream_free(conn_t *d)
     }
     if (st->view)
         view_put(st->view);
+    worker_t *w = d->w;
+    /* Pooled while its memory is ordinary; a head that needed a lot goes back to malloc. */
+    if (w->nfree_streams < sizeof(w->free_streams) / sizeof(w->free_streams[0]) &&
+        st->req.arena.cap <= 16384 && st->resp.arena.cap <= 16384) {
+        w->free_streams[w->nfree_streams++] = st;
+        return;
+    }
     h1_msg_free(&st->req);
     h1_msg_free(&st->resp);
     free(st);
+}
+
+void h1_pools_free(worker_t *w)
+{
+    while (w->nfree_streams) {
+        stream_t *st = w->free_streams[--w->nfree_streams];
+        h1_msg_free(&st->req);
+        h1_msg_free(&st->resp);
+        free(st);
+    }
+    while (w->nfree_bufs) {
+        rmr_buf_t *b = w->free_bufs[--w->nfree_bufs];
+        rmr_buf_free(b);
+        free(b);
+    }
+    while (w->nfree_big) {
+        rmr_buf_t *b = w->free_big[--w->nfree_big];
+        rmr_buf_free(b);
+        free(b);
+    }
 }
 
 static void conn_free(conn_t *c)
@@ -522,17 +558,35 @@ void h1_drain(worker_t *w)
 
 static stream_t *stream_new(conn_t *d)
 {
-    const rmr_limits_t *lim = &d->w->view->config->limits;
-    stream_t *st = calloc(1, sizeof(*st));
-    if (!st)
-        return NULL;
-    h1_msg_init(&st->req, lim->max_header_bytes, lim->max_headers);
-    h1_msg_init(&st->resp, 1024 * 1024, 1000); /* upstreams are trusted more, not blindly */
-    if (rmr_buf_reserve(&st->req.arena, 512) < 0) {
-        free(st);
-        return NULL;
+    worker_t *w = d->w;
+    const rmr_limits_t *lim = &w->view->config->limits;
+    stream_t *st;
+    if (w->nfree_streams) {
+        /* reuse: keep the message memory, forget the rest */
+        st = w->free_streams[--w->nfree_streams];
+        h1_msg_t req = st->req, resp = st->resp;
+        memset(st, 0, sizeof(*st));
+        st->req = req;
+        st->resp = resp;
+        h1_msg_reset(&st->req);
+        h1_msg_reset(&st->resp);
+        st->req.max_bytes = lim->max_header_bytes;
+        st->req.max_hdrs = lim->max_headers;
+    } else {
+        st = calloc(1, sizeof(*st));
+        if (!st)
+            return NULL;
+        h1_msg_init(&st->req, lim->max_header_bytes, lim->max_headers);
+        h1_msg_init(&st->resp, 1024 * 1024, 1000); /* upstreams are trusted more, not blindly */
+        if (rmr_buf_reserve(&st->req.arena, 512) < 0 ||
+            rmr_buf_reserve(&st->resp.arena, 512) < 0) {
+            h1_msg_free(&st->req);
+            h1_msg_free(&st->resp);
+            free(st);
+            return NULL;
+        }
     }
-    st->view = view_get(d->w->view);
+    st->view = view_get(w->view);
     st->keepalive = 1;
     return st;
 }

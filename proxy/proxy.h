@@ -110,8 +110,12 @@ struct worker {
     int running; /* the loop exists: it may be woken */
     uint32_t nalloc; /* conn_t objects alive, both kinds */
     char start_msg[256];
-    rmr_buf_t *free_bufs[64]; /* output buffer pool */
+    rmr_buf_t *free_bufs[64]; /* output buffer pool: small ones */
     unsigned nfree_bufs;
+    rmr_buf_t *free_big[8]; /* ... and a few large ones, kept for streaming bodies */
+    unsigned nfree_big;
+    void *free_streams[128]; /* stream_t pool (http1.c) */
+    unsigned nfree_streams;
     uint64_t rng;
     rmr_counters_t *unrouted; /* this worker's slot of the stats of service "" */
 };
@@ -146,6 +150,8 @@ void h1_pool_drop(endpoint_t *ep);
 void h1_pool_move(endpoint_t *from, endpoint_t *to);
 /* Closes every downstream connection of w at once. */
 void h1_close_all(worker_t *w);
+/* Frees w's pools of buffers and streams (at worker exit). */
+void h1_pools_free(worker_t *w);
 
 /* upstream.c */
 endpoint_t *cluster_pick(worker_t *w, cluster_t *c);

@@ -290,11 +290,7 @@ static void *worker_main(void *arg)
         if (w->listeners[i].fd >= 0)
             close(w->listeners[i].fd);
     free(w->listeners);
-    while (w->nfree_bufs) {
-        rmr_buf_t *b = w->free_bufs[--w->nfree_bufs];
-        rmr_buf_free(b);
-        free(b);
-    }
+    h1_pools_free(w);
     pthread_mutex_lock(&rmr_g.config_lock);
     w->running = 0;
     pthread_mutex_unlock(&rmr_g.config_lock);
