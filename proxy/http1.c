@@ -674,7 +674,11 @@ static ssize_t route_request(conn_t *d, const char *host, size_t hlen, const cha
                              size_t plen, uint32_t *timeout_ms)
 {
     const rmr_config_t *cfg = d->st->view->config;
-    const rmr_listener_conf_t *lc = d->lst->conf;
+    /* The listener as the request's snapshot sees it: a reload may have moved the index of
+     * the local app's service. */
+    if (d->lst->index >= cfg->n_listeners)
+        return -1;
+    const rmr_listener_conf_t *lc = &cfg->listeners[d->lst->index];
     if (lc->inbound)
         return (ssize_t)lc->inbound_service;
     const char *q = memchr(path, '?', plen); /* paths match without the query */

@@ -77,7 +77,19 @@ static void reload(void)
         return;
     }
     /* Listeners and workers are fixed at start; the rest of the snapshot is swapped. */
-    cfg->workers = rmr_g.config->workers;
+    const rmr_config_t *cur = rmr_g.config;
+    int same = cfg->n_listeners == cur->n_listeners &&
+               (!cfg->admin) == (!cur->admin) &&
+               (!cfg->admin || !strcmp(cfg->admin->text, cur->admin->text));
+    for (size_t i = 0; same && i < cfg->n_listeners; i++)
+        same = !strcmp(cfg->listeners[i].addr.text, cur->listeners[i].addr.text) &&
+               cfg->listeners[i].inbound == cur->listeners[i].inbound;
+    if (!same)
+        RMR_WARN("reload: listener and admin addresses take effect only at restart; "
+                 "the running ones stay");
+    if (cfg->workers && cfg->workers != cur->workers)
+        RMR_WARN("reload: workers: %u takes effect only at restart", cfg->workers);
+    cfg->workers = cur->workers;
     rmr_config_publish(dns_fill(cfg));
     dns_config_changed();
     __atomic_add_fetch(&rmr_config_reloads, 1, __ATOMIC_RELAXED);

@@ -85,8 +85,9 @@ typedef enum { CONN_DOWN = 0, CONN_UP } conn_kind_t;
 typedef struct listener {
     rmr_op_t accept_op;
     worker_t *w;
-    const rmr_listener_conf_t *conf;
-    size_t index;
+    const rmr_listener_conf_t *conf; /* in the config remora started with, which main keeps
+                                        for the life of the process; for its address only */
+    size_t index;                    /* the same listener in any later snapshot */
     int fd;
     int armed;
 } listener_t;

@@ -105,3 +105,19 @@ def test_sighup_with_invalid_field_keeps_old_config(make_remora, make_upstream):
     assert harness.wait_until(lambda: "services[0].connect_timeout" in r.stderr_text(), 5), \
         r.stderr_tail()
     assert rawhttp.get(r.outbound, "/still", host="svc-a").json()["server"] == "a"
+
+
+def test_sighup_adding_services_keeps_inbound_on_the_app(make_remora, make_upstream):
+    """The local app's service goes last in a snapshot: a reload that adds services moves its
+    index, and inbound requests must still reach the app, not a new service."""
+    app, a, b = make_upstream(name="app"), make_upstream(name="a"), make_upstream(name="b")
+    r = make_remora().start_config(mesh(service("svc-a", [a.port])), app=app.port)
+    assert rawhttp.get(r.inbound, "/in-1").json()["server"] == "app"
+    r.write_mesh(mesh(service("svc-a", [a.port]), service("svc-b", [b.port]),
+                      service("svc-c", [b.port])))
+    r.send_signal(signal.SIGHUP)
+    assert harness.wait_until(
+        lambda: rawhttp.get(r.outbound, "/probe", host="svc-c").status == 200, 5), \
+        r.stderr_tail()
+    for i in range(5):
+        assert rawhttp.get(r.inbound, "/in-2/%d" % i).json()["server"] == "app"
