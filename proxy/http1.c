@@ -81,7 +81,7 @@ struct conn {
     stream_t *st;     /* downstream: the current stream */
     endpoint_t *ep;   /* upstream: its endpoint */
     const listener_t *lst;
-    const char *feed_end; /* end of the bytes being parsed */
+    const char *feed_start, *feed_end; /* the bytes being parsed */
     struct __kernel_timespec connect_ts;
     char client_ip[INET6_ADDRSTRLEN];
 };
@@ -601,7 +601,7 @@ static int req_on_message_begin(llhttp_t *p)
         return -1;
     }
     d->state = D_HEAD;
-    d->st->req.feed_end = d->feed_end;
+    h1_msg_feed(&d->st->req, d->feed_start, (size_t)(d->feed_end - d->feed_start));
     return 0;
 }
 
@@ -924,7 +924,8 @@ static void down_feed(conn_t *d, const char *data, size_t len)
         rmr_timer_set(&w->loop, &d->timer, w->view->config->limits.header_timeout_ms);
     }
     if (d->st)
-        d->st->req.feed_end = data + len;
+        h1_msg_feed(&d->st->req, data, len);
+    d->feed_start = data;
     d->feed_end = data + len;
     d->in_parse = 1;
     llhttp_errno_t err = llhttp_execute(&d->parser, data, len);
@@ -1389,7 +1390,7 @@ static void up_feed(conn_t *u, const char *data, size_t len)
         return;
     }
     rmr_timer_set(&d->w->loop, &d->timer, st->timeout_ms);
-    st->resp.feed_end = data + len;
+    h1_msg_feed(&st->resp, data, len);
     err = llhttp_execute(&u->parser, data, len);
     /* One send for all that this chunk produced: head and body leave together. */
     conn_flush(d);

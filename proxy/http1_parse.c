@@ -13,6 +13,26 @@ void h1_msg_init(h1_msg_t *m, uint32_t max_bytes, uint32_t max_hdrs)
     m->host = -1;
 }
 
+/* Whether data (after what came before, described by prev) ends in LF then only SP/HTAB. */
+static uint8_t ends_nl_ws(const char *data, size_t len, uint8_t prev)
+{
+    while (len && (data[len - 1] == ' ' || data[len - 1] == '\t'))
+        len--;
+    if (!len)
+        return prev;
+    return data[len - 1] == '\n';
+}
+
+void h1_msg_feed(h1_msg_t *m, const char *data, size_t len)
+{
+    /* nl_ws describes what precedes this chunk until a callback has used it; store the state
+     * at this chunk's start, and compute the state at its end for the next call. */
+    m->nl_ws_start = m->nl_ws;
+    m->nl_ws = ends_nl_ws(data, len, m->nl_ws);
+    m->feed_start = data;
+    m->feed_end = data + len;
+}
+
 void h1_msg_reset(h1_msg_t *m)
 {
     m->arena.len = 0;
@@ -20,6 +40,7 @@ void h1_msg_reset(h1_msg_t *m)
     m->nhdrs = 0;
     m->in = 0;
     m->val_cut = 0;
+    m->nl_ws = m->nl_ws_start = 0;
     m->err_status = 0;
     m->err_reason = NULL;
     m->conn_tokens = 0;
@@ -100,10 +121,20 @@ int h1_on_header_value(h1_msg_t *m, const char *at, size_t len)
     }
     if (!m->nhdrs || m->in == 0 || m->hdrs[m->nhdrs - 1].name.len == 0)
         return refuse(m, 400, "bad-request"); /* a value with no name before it */
-    /* A second span of one value that does not follow a cut in the input is an obs-fold
+    /* (llhttp reports an empty value as an empty span at the start of the next line.)
+     * A second span of one value that does not follow a cut in the input is an obs-fold
      * continuation line (RFC 9112 5.2): refused, as a proxy must not pass it on. */
     if (m->in == 2 && !m->val_cut)
         return refuse(m, 400, "bad-request");
+    if (m->in == 1 && len && m->feed_start && at >= m->feed_start && at <= m->feed_end) {
+        /* The first span of a value: if only blanks stand between it and a line feed, the
+         * field's own line had an empty value and this is its continuation line. */
+        const char *p = at;
+        while (p > m->feed_start && (p[-1] == ' ' || p[-1] == '\t'))
+            p--;
+        if (p > m->feed_start ? p[-1] == '\n' : m->nl_ws_start)
+            return refuse(m, 400, "bad-request");
+    }
     m->in = 2;
     m->val_cut = at + len == m->feed_end;
     return arena_add(m, &m->hdrs[m->nhdrs - 1].value, at, len);

@@ -51,7 +51,9 @@ typedef struct h1_msg {
     uint32_t max_hdrs;  /* headers allowed (431 past it) */
     uint8_t in;         /* 1: inside a header name, 2: inside a value */
     uint8_t val_cut;    /* the last value span ended where the fed bytes ended */
-    const char *feed_end; /* end of the bytes given to llhttp_execute, set by the caller */
+    const char *feed_start, *feed_end; /* the bytes given to llhttp_execute: h1_msg_feed() */
+    uint8_t nl_ws;      /* the bytes fed so far end in LF then only SP/HTAB */
+    uint8_t nl_ws_start; /* the same, before the current chunk */
     int err_status;     /* set by a callback that refused the message: 400 or 431 */
     const char *err_reason;
     /* filled by h1_msg_analyze() */
@@ -61,6 +63,13 @@ typedef struct h1_msg {
 } h1_msg_t;
 
 void h1_msg_init(h1_msg_t *m, uint32_t max_bytes, uint32_t max_hdrs);
+
+/*
+ * Tells m about the bytes the caller is about to give llhttp_execute, so that the callbacks can
+ * tell a value cut by the end of the input from an obs-fold continuation. Call before every
+ * llhttp_execute while m is the message being parsed.
+ */
+void h1_msg_feed(h1_msg_t *m, const char *data, size_t len);
 /* Forgets the message, keeps the memory. */
 void h1_msg_reset(h1_msg_t *m);
 void h1_msg_free(h1_msg_t *m);

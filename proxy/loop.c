@@ -46,6 +46,8 @@ const char *rmr_loop_explain(int err)
                "(ulimit -l) or run on Linux >= 5.12";
     case -EINVAL:
         return "io_uring rejected the ring setup: the kernel is too old (Linux >= 6.0 is needed)";
+    case -ERANGE:
+        return "the provided buffer count must be a power of two, at most 32768";
     default:
         return "io_uring setup failed";
     }
@@ -73,6 +75,8 @@ static void efd_arm(rmr_loop_t *loop)
 
 static int setup_bufs(rmr_loop_t *loop, unsigned nbufs, unsigned bufsize)
 {
+    if (!nbufs || (nbufs & (nbufs - 1)) || nbufs > 32768)
+        return -ERANGE; /* the kernel wants a power of two, at most 32768 */
     size_t ringsz = (size_t)nbufs * sizeof(struct io_uring_buf);
     void *mem = mmap(NULL, ringsz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED)
@@ -90,6 +94,7 @@ static int setup_bufs(rmr_loop_t *loop, unsigned nbufs, unsigned bufsize)
         loop->br = NULL;
         return ret;
     }
+    loop->nbufs = nbufs; /* from here on rmr_loop_free unmaps the ring */
     /* The buffers are mapped, not allocated: pages count toward RSS only once the kernel
      * writes into them, so a quiet worker stays small. */
     size_t total = (size_t)nbufs * bufsize;
@@ -274,7 +279,10 @@ void rmr_timer_set(rmr_loop_t *loop, rmr_timer_t *t, uint64_t ms)
 
 static void run_timers(rmr_loop_t *loop)
 {
-    while (loop->nheap && loop->heap[0]->deadline <= loop->now_ms) {
+    /* At most the timers armed now: one that re-arms itself for 0 ms waits for the next turn
+     * instead of spinning here. */
+    uint32_t budget = loop->nheap;
+    while (budget-- && loop->nheap && loop->heap[0]->deadline <= loop->now_ms) {
         rmr_timer_t *t = loop->heap[0];
         rmr_timer_stop(loop, t);
         t->cb(loop, t);
