@@ -40,7 +40,10 @@ void h1_msg_reset(h1_msg_t *m)
     m->nhdrs = 0;
     m->in = 0;
     m->val_cut = 0;
-    m->nl_ws = m->nl_ws_start = 0;
+    /* feed_start, feed_end, nl_ws and nl_ws_start describe the bytes being parsed, not the
+     * message: a message begins (and is reset, as resp_on_message_begin does) inside an
+     * llhttp_execute, after h1_msg_feed() told about the chunk; clearing nl_ws here would lose
+     * "this chunk ends in LF and blanks" and let an obs-fold cut at that point through. */
     m->err_status = 0;
     m->err_reason = NULL;
     m->conn_tokens = 0;
