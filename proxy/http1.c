@@ -1367,9 +1367,13 @@ static void up_feed(conn_t *u, const char *data, size_t len)
     llhttp_errno_t err;
     if (!data) {
         if (len == 0 && st->resp_started) {
-            err = llhttp_finish(&u->parser); /* a body delimited by close ends here */
-            if (err == HPE_OK && st->resp_done) {
+            /* A body delimited by close ends here: finishing runs on_message_complete, which
+             * pauses as after any response. */
+            err = llhttp_finish(&u->parser);
+            if ((err == HPE_OK || err == HPE_PAUSED) && st->resp_done) {
+                d->peer = NULL;
                 up_release(u, 0);
+                conn_flush(d);
                 return;
             }
         }

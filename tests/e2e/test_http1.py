@@ -224,3 +224,17 @@ def test_http10_keepalive_client(proxy):
             assert r.status == 200 and r.json()["path"] == "/ten-ka/%d" % i
             assert r.headers.get("connection", "").lower() == "keep-alive"
             assert r.headers.get("transfer-encoding") is None
+
+
+@pytest.mark.parametrize("size", [0, 1000, 3 * 1024 * 1024 + 7])
+def test_close_delimited_response(proxy, size):
+    """A response whose body ends when the upstream closes reaches the client whole, re-framed
+    as chunked, and the client's connection stays usable."""
+    with HTTPConn(proxy.listen) as c:
+        r = c.request("GET", "/eof/%d" % size)
+        assert r.status == 200
+        assert r.headers.get("transfer-encoding", "").lower() == "chunked"
+        assert len(r.body) == size
+        assert hashlib.sha256(r.body).hexdigest() == rawhttp.pattern_sha256(size)
+        r2 = c.request("GET", "/after-eof")
+        assert r2.status == 200 and r2.json()["path"] == "/after-eof"

@@ -12,6 +12,7 @@ What it answers is chosen per request path (or for every request, with `behavior
   /reset           reads the request, then resets the connection (RST)
   /close           reads the request, then closes without a response
   /garbage         reads the request, then answers bytes that are not HTTP and closes
+  /eof/N           N pattern bytes with neither length nor chunking: the body ends at close
   /ws              (or any request with Upgrade:) 101 Switching Protocols, then echoes bytes
 
 A request with `Expect: 100-continue` gets `100 Continue` before its body is read. Bodies are
@@ -211,6 +212,15 @@ class UpstreamServer:
             sock.shutdown(socket.SHUT_RDWR)
             return False
         conn_hdr = [] if keep else [("Connection", "close")]
+        if route.startswith("/eof/"):
+            # a body delimited by the end of the connection: no length, no chunking
+            size = int(route.split("/")[2])
+            self._send_head(sock, 200, [("Content-Type", "application/octet-stream"),
+                                        ("Connection", "close")])
+            for piece in pattern_chunks(size, piece=(1 << 16) - 123):
+                sock.sendall(piece)
+            sock.shutdown(socket.SHUT_RDWR)
+            return False
         if route.startswith("/bytes/") or route.startswith("/chunked/"):
             size = int(route.split("/")[2])
             is_chunked = route.startswith("/chunked/")
