@@ -438,7 +438,7 @@ static void test_bad_values(void)
     llhttp_t p;
     llhttp_init(&p, HTTP_REQUEST, &settings);
     p.data = &r;
-    m->feed_end = nul_req + sizeof(nul_req) - 1;
+    h1_msg_feed(m, nul_req, sizeof(nul_req) - 1);
     llhttp_errno_t err = llhttp_execute(&p, nul_req, sizeof(nul_req) - 1);
     CHECK(err != HPE_OK);
     CHECK(!r.headers_complete);
@@ -459,7 +459,7 @@ static void test_bad_values(void)
     for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
         h1_msg_reset(m);
         CHECK_INT(h1_on_header_field(m, "X", 1), 0);
-        m->feed_end = bad[k].v + bad[k].n;
+        h1_msg_feed(m, bad[k].v, bad[k].n);
         printf("     value byte 0x%02x\n", (unsigned char)bad[k].v[bad[k].n > 1 ? 1 : 0]);
         CHECK_INT(h1_on_header_value(m, bad[k].v, bad[k].n), -1);
         CHECK_INT(m->err_status, 400);
@@ -468,14 +468,14 @@ static void test_bad_values(void)
     h1_msg_reset(m);
     CHECK_INT(h1_on_header_field(m, "X", 1), 0);
     const char ok_v[] = "a\tb \xc3\xa9\x80\xff";
-    m->feed_end = ok_v + sizeof(ok_v) - 1;
+    h1_msg_feed(m, ok_v, sizeof(ok_v) - 1);
     CHECK_INT(h1_on_header_value(m, ok_v, sizeof(ok_v) - 1), 0);
     CHECK_SPAN(m, m->hdrs[0].value, ok_v);
     CHECK_INT(h1_on_header_value_complete(m), 0);
 
     /* Empty header name: a value with no name, or a field span of zero length. */
     h1_msg_reset(m);
-    m->feed_end = "v" + 1;
+    h1_msg_feed(m, "v", 1);
     CHECK_INT(h1_on_header_value(m, "v", 1), -1);
     CHECK_INT(m->err_status, 400);
     h1_msg_reset(m);
