@@ -68,7 +68,7 @@ struct conn {
     int fd;
     int ops; /* ops in the kernel whose last completion is still due */
     unsigned recv_armed : 1, recv_paused : 1, closing : 1, reused : 1,
-        close_after : 1, peer_eof : 1, in_list : 1, in_parse : 1;
+        close_after : 1, in_list : 1, in_parse : 1;
     uint8_t state;
     rmr_buf_t *out;     /* bytes to send, appended */
     rmr_buf_t *sending; /* bytes owned by the send op in flight */
@@ -93,10 +93,10 @@ static void conn_flush(conn_t *c);
 static void recv_arm(conn_t *c);
 static void down_feed(conn_t *d, const char *data, size_t len);
 static void up_feed(conn_t *u, const char *data, size_t len);
-static void stream_fail(conn_t *d, int status, const char *reason, rmr_uerr_t uerr);
+static void stream_fail(conn_t *d, int status, const char *reason);
 static void stream_dispatch(conn_t *d);
 static void up_release(conn_t *u, int reusable);
-static void up_fail(conn_t *u, int status, const char *reason, rmr_uerr_t uerr);
+static void up_fail(conn_t *u, int status, const char *reason);
 
 /* ---- buffers ---- */
 
@@ -310,7 +310,7 @@ static void on_send(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
         goto out;
     if (res <= 0) {
         if (c->kind == CONN_UP)
-            up_fail(c, 502, "upstream-reset", RMR_UERR_RESET);
+            up_fail(c, 502, "upstream-reset");
         else
             conn_close(c);
         goto out;
@@ -392,7 +392,6 @@ static void on_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
         } else if (res == 0 && c->st && c->st->req_done && !c->st->resp_done &&
                    c->state == D_STREAM) {
             /* A client that half-closed after a whole request still gets its response. */
-            c->peer_eof = 1;
             c->close_after = 1;
             c->recv_paused = 1;
         } else {
@@ -501,7 +500,7 @@ static void on_down_timer(rmr_loop_t *loop, rmr_timer_t *t)
         if (d->st && !d->st->resp_started) {
             if (d->st->cluster)
                 RMR_STAT_INC(d->st->cluster->stats->upstream_errors[RMR_UERR_TIMEOUT]);
-            stream_fail(d, 504, "upstream-timeout", RMR_UERR_TIMEOUT);
+            stream_fail(d, 504, "upstream-timeout");
         } else {
             conn_close(d);
         }
@@ -846,7 +845,7 @@ static int req_on_headers_complete(llhttp_t *p)
     RMR_STAT_INC(st->cluster->stats->requests);
     st->replayable = st->req_out == FRAME_NONE && !st->upgrade;
     stream_dispatch(d);
-    return st->upgrade ? 0 : 0;
+    return 0;
 }
 
 static int req_on_body(llhttp_t *p, const char *at, size_t len)
@@ -1034,10 +1033,10 @@ static void on_connect(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
         RMR_STAT_INC(u->ep->stats->failures);
         if (res == -ECANCELED || res == -ETIME) {
             RMR_STAT_INC(u->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_TIMEOUT]);
-            up_fail(u, 504, "connect-timeout", RMR_UERR_CONNECT_TIMEOUT);
+            up_fail(u, 504, "connect-timeout");
         } else {
             RMR_STAT_INC(u->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
-            up_fail(u, 502, "connect-failure", RMR_UERR_CONNECT_FAILURE);
+            up_fail(u, 502, "connect-failure");
         }
         goto out;
     }
@@ -1107,7 +1106,7 @@ static void stream_dispatch(conn_t *d)
     endpoint_t *ep = cluster_pick(w, st->cluster);
     if (!ep) {
         RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_NO_ENDPOINT]);
-        stream_fail(d, 503, "no-endpoint", RMR_UERR_NO_ENDPOINT);
+        stream_fail(d, 503, "no-endpoint");
         return;
     }
     if (st->ep && st->ep->active) {
@@ -1133,7 +1132,7 @@ static void stream_dispatch(conn_t *d)
         if (!u) {
             RMR_WARN("upstream %s: cannot open a socket: %s", ep->conf->addr.text, strerror(-err));
             RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
-            stream_fail(d, 502, "connect-failure", RMR_UERR_CONNECT_FAILURE);
+            stream_fail(d, 502, "connect-failure");
             return;
         }
     }
@@ -1142,12 +1141,12 @@ static void stream_dispatch(conn_t *d)
     h1_msg_reset(&st->resp);
     rmr_buf_t *b = out_of(u);
     if (!b) {
-        stream_fail(d, 503, "out-of-memory", RMR_UERR_RESET);
+        stream_fail(d, 503, "out-of-memory");
         return;
     }
     build_upstream_head(d, b);
     if (b->oom) {
-        stream_fail(d, 503, "out-of-memory", RMR_UERR_RESET);
+        stream_fail(d, 503, "out-of-memory");
         return;
     }
     /* Inside the request parser the flush waits for the end of the chunk; a re-dispatch
@@ -1160,10 +1159,9 @@ static void stream_dispatch(conn_t *d)
  * The upstream side of d's stream failed before or during the response. If nothing was
  * written to the client yet, answer locally; otherwise the client connection must close.
  */
-static void stream_fail(conn_t *d, int status, const char *reason, rmr_uerr_t uerr)
+static void stream_fail(conn_t *d, int status, const char *reason)
 {
     stream_t *st = d->st;
-    (void)uerr;
     if (d->peer) {
         conn_t *u = d->peer;
         d->peer = NULL;
@@ -1182,13 +1180,13 @@ static void stream_fail(conn_t *d, int status, const char *reason, rmr_uerr_t ue
 }
 
 /* The upstream connection u failed: answer its stream's client, and close u. */
-static void up_fail(conn_t *u, int status, const char *reason, rmr_uerr_t uerr)
+static void up_fail(conn_t *u, int status, const char *reason)
 {
     conn_t *d = u->peer;
     u->peer = NULL;
     if (d) {
         d->peer = NULL;
-        stream_fail(d, status, reason, uerr);
+        stream_fail(d, status, reason);
     }
     conn_close(u);
 }
@@ -1390,7 +1388,7 @@ static void up_feed(conn_t *u, const char *data, size_t len)
         }
         RMR_STAT_INC(u->ep->stats->failures);
         RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_RESET]);
-        up_fail(u, 502, "upstream-reset", RMR_UERR_RESET);
+        up_fail(u, 502, "upstream-reset");
         return;
     }
     rmr_timer_set(&d->w->loop, &d->timer, st->timeout_ms);
@@ -1427,7 +1425,7 @@ static void up_feed(conn_t *u, const char *data, size_t len)
     RMR_WARN("upstream %s: bad response: %s", u->ep->conf->addr.text, llhttp_errno_name(err));
     RMR_STAT_INC(u->ep->stats->failures);
     RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_BAD_RESPONSE]);
-    up_fail(u, 502, "bad-upstream-response", RMR_UERR_BAD_RESPONSE);
+    up_fail(u, 502, "bad-upstream-response");
 }
 
 /* ---- after a send completed ---- */
