@@ -58,8 +58,7 @@ static void on_admin_send(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flag
 static void admin_send(admin_conn_t *a)
 {
     struct io_uring_sqe *sqe = rmr_loop_sqe(adm.loop);
-    io_uring_prep_send(sqe, a->fd, a->resp + a->resp_off, a->resp_len - a->resp_off,
-                       MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, a->fd, a->resp + a->resp_off, a->resp_len - a->resp_off, MSG_NOSIGNAL);
     io_uring_sqe_set_data(sqe, &a->send_op);
     a->ops++;
 }
@@ -82,9 +81,11 @@ static void on_admin_send(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flag
 
 static void respond(admin_conn_t *a, int status, const char *ctype, char *body)
 {
-    const char *text = status == 200 ? "OK" : status == 404 ? "Not Found" :
-                       status == 405 ? "Method Not Allowed" : status == 503 ?
-                       "Service Unavailable" : "Error";
+    const char *text = status == 200   ? "OK"
+                       : status == 404 ? "Not Found"
+                       : status == 405 ? "Method Not Allowed"
+                       : status == 503 ? "Service Unavailable"
+                                       : "Error";
     size_t blen = body ? strlen(body) : 0;
     rmr_buf_t b = {0};
     rmr_buf_printf(&b,

@@ -21,9 +21,9 @@ void rmr_config_publish(rmr_config_t *cfg);
 
 typedef struct watch {
     rmr_op_t op;
-    int fd;       /* -1: free */
-    int events;   /* what c-ares wants */
-    int armed;    /* a poll op is in the kernel */
+    int fd;     /* -1: free */
+    int events; /* what c-ares wants */
+    int armed;  /* a poll op is in the kernel */
 } watch_t;
 
 typedef struct target {
@@ -116,9 +116,8 @@ static void sock_state(void *data, ares_socket_t fd, int readable, int writable)
         return;
     if (wt->armed) {
         struct io_uring_sqe *sqe = rmr_loop_sqe(dns.loop);
-        io_uring_prep_poll_update(sqe, (uint64_t)(uintptr_t)&wt->op,
-                                  (uint64_t)(uintptr_t)&wt->op, (unsigned)events,
-                                  IORING_POLL_UPDATE_EVENTS);
+        io_uring_prep_poll_update(sqe, (uint64_t)(uintptr_t)&wt->op, (uint64_t)(uintptr_t)&wt->op,
+                                  (unsigned)events, IORING_POLL_UPDATE_EVENTS);
         io_uring_sqe_set_data64(sqe, 0);
         wt->events = events;
         return;
@@ -416,8 +415,8 @@ int dns_start(rmr_loop_t *loop)
     o.sock_state_cb = sock_state;
     o.timeout = 2000;
     o.tries = 2;
-    ret = ares_init_options(&dns.ch, &o, ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS |
-                                             ARES_OPT_TRIES);
+    ret = ares_init_options(&dns.ch, &o,
+                            ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
     if (ret != ARES_SUCCESS) {
         RMR_ERR("dns: c-ares init failed: %s", ares_strerror(ret));
         return -EINVAL;

@@ -46,8 +46,8 @@ typedef enum {
 typedef enum { FRAME_NONE = 0, FRAME_CL, FRAME_CHUNKED, FRAME_CLOSE } frame_t;
 
 typedef struct stream {
-    h1_msg_t req;     /* parsed request head; spans into req.arena */
-    h1_msg_t resp;    /* parsed response head */
+    h1_msg_t req;  /* parsed request head; spans into req.arena */
+    h1_msg_t resp; /* parsed response head */
     view_t *view;
     cluster_t *cluster;
     endpoint_t *ep;
@@ -67,8 +67,8 @@ struct conn {
     conn_kind_t kind;
     int fd;
     int ops; /* ops in the kernel whose last completion is still due */
-    unsigned recv_armed : 1, recv_paused : 1, closing : 1, reused : 1,
-        close_after : 1, in_list : 1, in_parse : 1;
+    unsigned recv_armed : 1, recv_paused : 1, closing : 1, reused : 1, close_after : 1, in_list : 1,
+        in_parse : 1;
     uint8_t state;
     rmr_buf_t *out;     /* bytes to send, appended */
     rmr_buf_t *sending; /* bytes owned by the send op in flight */
@@ -78,8 +78,8 @@ struct conn {
     list_t link; /* downstream: worker's conns; upstream: endpoint's idle list */
     rmr_timer_t timer;
     conn_t *peer;
-    stream_t *st;     /* downstream: the current stream */
-    endpoint_t *ep;   /* upstream: its endpoint */
+    stream_t *st;   /* downstream: the current stream */
+    endpoint_t *ep; /* upstream: its endpoint */
     const listener_t *lst;
     const char *feed_start, *feed_end; /* the bytes being parsed */
     struct __kernel_timespec connect_ts;
@@ -129,7 +129,6 @@ void wbuf_put(worker_t *w, rmr_buf_t *b)
     rmr_buf_free(b);
     free(b);
 }
-
 
 static rmr_buf_t *out_of(conn_t *c)
 {
@@ -280,8 +279,8 @@ static void conn_close(conn_t *c)
 static void submit_send(conn_t *c)
 {
     struct io_uring_sqe *sqe = rmr_loop_sqe(&c->w->loop);
-    io_uring_prep_send(sqe, c->fd, c->sending->data + c->send_off,
-                       c->sending->len - c->send_off, MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_prep_send(sqe, c->fd, c->sending->data + c->send_off, c->sending->len - c->send_off,
+                       MSG_NOSIGNAL | MSG_WAITALL);
     io_uring_sqe_set_data(sqe, &c->send_op);
     c->ops++;
 }
@@ -402,8 +401,8 @@ static void on_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
         /* The multishot ended (out of buffers, cancelled, or the data above was its last):
          * re-arm unless paused or closing. */
         c->recv_armed = 0;
-        if (!c->closing && !c->recv_paused && res != 0 && !(res < 0 && res != -ENOBUFS &&
-                                                             res != -ECANCELED))
+        if (!c->closing && !c->recv_paused && res != 0 &&
+            !(res < 0 && res != -ENOBUFS && res != -ECANCELED))
             recv_arm(c);
         op_done(c);
     }
@@ -414,18 +413,30 @@ static void on_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
 static const char *status_text(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Error";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Error";
     }
 }
 
@@ -577,8 +588,7 @@ static stream_t *stream_new(conn_t *d)
             return NULL;
         h1_msg_init(&st->req, lim->max_header_bytes, lim->max_headers);
         h1_msg_init(&st->resp, 1024 * 1024, 1000); /* upstreams are trusted more, not blindly */
-        if (rmr_buf_reserve(&st->req.arena, 512) < 0 ||
-            rmr_buf_reserve(&st->resp.arena, 512) < 0) {
+        if (rmr_buf_reserve(&st->req.arena, 512) < 0 || rmr_buf_reserve(&st->resp.arena, 512) < 0) {
             h1_msg_free(&st->req);
             h1_msg_free(&st->resp);
             free(st);
@@ -701,11 +711,10 @@ static ssize_t route_request(conn_t *d, const char *host, size_t hlen, const cha
             if (regexec(r->path_re, pathz, 0, NULL, 0) != 0)
                 continue;
         }
-        if (r->match_service && (strlen(r->match_service) != hlen ||
-                                 strncasecmp(r->match_service, host, hlen)))
+        if (r->match_service &&
+            (strlen(r->match_service) != hlen || strncasecmp(r->match_service, host, hlen)))
             continue;
-        if (r->path_exact && (strlen(r->path_exact) != plen ||
-                              memcmp(r->path_exact, path, plen)))
+        if (r->path_exact && (strlen(r->path_exact) != plen || memcmp(r->path_exact, path, plen)))
             continue;
         if (r->path_prefix && r->path_prefix[0]) {
             size_t n = strlen(r->path_prefix);
@@ -957,7 +966,8 @@ static void down_feed(conn_t *d, const char *data, size_t len)
         status = st->req.err_status;
         reason = st->req.err_reason;
     }
-    RMR_DEBUG("refusing request: %s (%s)", llhttp_errno_name(err), llhttp_get_error_reason(&d->parser));
+    RMR_DEBUG("refusing request: %s (%s)", llhttp_errno_name(err),
+              llhttp_get_error_reason(&d->parser));
     if (st && st->resp_started) {
         conn_close(d);
         return;
@@ -1059,8 +1069,8 @@ static void up_release(conn_t *u, int reusable)
 {
     u->peer = NULL;
     endpoint_t *ep = u->ep;
-    if (!reusable || u->closing || u->state != U_ACTIVE || pending(u) || ep->nidle >= MAX_IDLE_PER_ENDPOINT ||
-        u->w->draining || u->recv_paused) {
+    if (!reusable || u->closing || u->state != U_ACTIVE || pending(u) ||
+        ep->nidle >= MAX_IDLE_PER_ENDPOINT || u->w->draining || u->recv_paused) {
         conn_close(u);
         return;
     }

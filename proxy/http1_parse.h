@@ -47,14 +47,14 @@ typedef struct h1_msg {
     h1_span_t url, status_text;
     h1_hdr_t *hdrs;
     uint32_t nhdrs, caphdrs;
-    uint32_t max_bytes; /* head bytes allowed (431 past it) */
-    uint32_t max_hdrs;  /* headers allowed (431 past it) */
-    uint8_t in;         /* 1: inside a header name, 2: inside a value */
-    uint8_t val_cut;    /* the last value span ended where the fed bytes ended */
+    uint32_t max_bytes;                /* head bytes allowed (431 past it) */
+    uint32_t max_hdrs;                 /* headers allowed (431 past it) */
+    uint8_t in;                        /* 1: inside a header name, 2: inside a value */
+    uint8_t val_cut;                   /* the last value span ended where the fed bytes ended */
     const char *feed_start, *feed_end; /* the bytes given to llhttp_execute: h1_msg_feed() */
-    uint8_t nl_ws;      /* the bytes fed so far end in LF then only SP/HTAB */
-    uint8_t nl_ws_start; /* the same, before the current chunk */
-    int err_status;     /* set by a callback that refused the message: 400 or 431 */
+    uint8_t nl_ws;                     /* the bytes fed so far end in LF then only SP/HTAB */
+    uint8_t nl_ws_start;               /* the same, before the current chunk */
+    int err_status;                    /* set by a callback that refused the message: 400 or 431 */
     const char *err_reason;
     /* filled by h1_msg_analyze() */
     uint32_t conn_tokens;

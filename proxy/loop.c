@@ -193,8 +193,7 @@ void rmr_loop_wake(rmr_loop_t *loop)
 
 void rmr_loop_buf_put(rmr_loop_t *loop, unsigned bid)
 {
-    io_uring_buf_ring_add(loop->br, rmr_loop_buf(loop, bid), loop->bufsize, bid, loop->bufmask,
-                          0);
+    io_uring_buf_ring_add(loop->br, rmr_loop_buf(loop, bid), loop->bufsize, bid, loop->bufmask, 0);
     io_uring_buf_ring_advance(loop->br, 1);
 }
 

@@ -32,19 +32,18 @@ static struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: remora --config sidecar.yaml\n"
-            "       remora --listen ADDR:PORT --upstream ADDR:PORT[,ADDR:PORT...] [--workers N]"
-            " [--admin ADDR:PORT]\n"
-            "options:\n"
-            "  -c, --config FILE     sidecar bootstrap (mesh_file: names the mesh config)\n"
-            "  -l, --listen ADDR     one-route mode: listen here\n"
-            "  -u, --upstream ADDRS  one-route mode: forward to these endpoints\n"
-            "  -w, --workers N       worker threads (default: one per core)\n"
-            "  -a, --admin ADDR      admin listener (/ready /stats /stats/prometheus /config "
-            "/clusters)\n"
-            "  -v, --verbose         debug logging\n"
-            "  -V, --version         print the version\n");
+    fprintf(f, "usage: remora --config sidecar.yaml\n"
+               "       remora --listen ADDR:PORT --upstream ADDR:PORT[,ADDR:PORT...] [--workers N]"
+               " [--admin ADDR:PORT]\n"
+               "options:\n"
+               "  -c, --config FILE     sidecar bootstrap (mesh_file: names the mesh config)\n"
+               "  -l, --listen ADDR     one-route mode: listen here\n"
+               "  -u, --upstream ADDRS  one-route mode: forward to these endpoints\n"
+               "  -w, --workers N       worker threads (default: one per core)\n"
+               "  -a, --admin ADDR      admin listener (/ready /stats /stats/prometheus /config "
+               "/clusters)\n"
+               "  -v, --verbose         debug logging\n"
+               "  -V, --version         print the version\n");
 }
 
 /* Publishes a new snapshot; takes over the caller's reference. Main thread. */
@@ -78,8 +77,7 @@ static void reload(void)
     }
     /* Listeners and workers are fixed at start; the rest of the snapshot is swapped. */
     const rmr_config_t *cur = rmr_g.config;
-    int same = cfg->n_listeners == cur->n_listeners &&
-               (!cfg->admin) == (!cur->admin) &&
+    int same = cfg->n_listeners == cur->n_listeners && (!cfg->admin) == (!cur->admin) &&
                (!cfg->admin || !strcmp(cfg->admin->text, cur->admin->text));
     for (size_t i = 0; same && i < cfg->n_listeners; i++)
         same = !strcmp(cfg->listeners[i].addr.text, cur->listeners[i].addr.text) &&
@@ -148,10 +146,14 @@ static void main_wake(rmr_loop_t *loop)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},  {"listen", required_argument, NULL, 'l'},
-        {"upstream", required_argument, NULL, 'u'}, {"workers", required_argument, NULL, 'w'},
-        {"admin", required_argument, NULL, 'a'},    {"verbose", no_argument, NULL, 'v'},
-        {"version", no_argument, NULL, 'V'},        {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"listen", required_argument, NULL, 'l'},
+        {"upstream", required_argument, NULL, 'u'},
+        {"workers", required_argument, NULL, 'w'},
+        {"admin", required_argument, NULL, 'a'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *listen = NULL, *upstream = NULL, *admin = NULL;
@@ -159,24 +161,40 @@ int main(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "c:l:u:w:a:vVh", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': m.config_path = optarg; break;
-        case 'l': listen = optarg; break;
-        case 'u': upstream = optarg; break;
-        case 'a': admin = optarg; break;
-        case 'v': rmr_log_level = RMR_LOG_DEBUG; break;
-        case 'V': printf("remora %s\n", REMORA_VERSION); return 0;
-        case 'h': usage(stdout); return 0;
+        case 'c':
+            m.config_path = optarg;
+            break;
+        case 'l':
+            listen = optarg;
+            break;
+        case 'u':
+            upstream = optarg;
+            break;
+        case 'a':
+            admin = optarg;
+            break;
+        case 'v':
+            rmr_log_level = RMR_LOG_DEBUG;
+            break;
+        case 'V':
+            printf("remora %s\n", REMORA_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
         case 'w': {
             char *end;
             workers = strtol(optarg, &end, 10);
             if (*end || workers < 1 || workers > RMR_MAX_WORKERS) {
-                fprintf(stderr, "remora: --workers: expected 1..%d, got \"%s\"\n",
-                        RMR_MAX_WORKERS, optarg);
+                fprintf(stderr, "remora: --workers: expected 1..%d, got \"%s\"\n", RMR_MAX_WORKERS,
+                        optarg);
                 return 2;
             }
             break;
         }
-        default: usage(stderr); return 2;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc) {
@@ -247,8 +265,7 @@ int main(int argc, char **argv)
         rmr_g.workers[i].id = i;
         ret = worker_start(&rmr_g.workers[i]);
         if (ret < 0) {
-            fprintf(stderr, "remora: cannot start worker %u: %s\n", i,
-                    rmr_g.workers[i].start_msg);
+            fprintf(stderr, "remora: cannot start worker %u: %s\n", i, rmr_g.workers[i].start_msg);
             return 1;
         }
     }

@@ -54,10 +54,10 @@ static inline void list_del(list_t *n)
 struct endpoint {
     const rmr_endpoint_conf_t *conf;
     cluster_t *cluster;
-    uint32_t active;    /* requests in flight from this worker */
-    uint32_t nidle;     /* idle keep-alive connections */
+    uint32_t active;          /* requests in flight from this worker */
+    uint32_t nidle;           /* idle keep-alive connections */
     rmr_ep_counters_t *stats; /* this worker's slot, for /clusters */
-    list_t idle;        /* of conn_t.pool */
+    list_t idle;              /* of conn_t.pool */
 };
 
 /* A service of the config, as one worker sees it. */
@@ -100,7 +100,7 @@ struct worker {
     uint64_t config_gen;
     size_t n_listeners;
     listener_t *listeners;
-    list_t conns;      /* all downstream connections */
+    list_t conns; /* all downstream connections */
     uint32_t nconns;
     int draining;
     uint64_t drain_deadline;
@@ -108,7 +108,7 @@ struct worker {
     int start_err; /* result of setup, read by main */
     sem_t started;
     int exited;
-    int running; /* the loop exists: it may be woken */
+    int running;     /* the loop exists: it may be woken */
     uint32_t nalloc; /* conn_t objects alive, both kinds */
     char start_msg[256];
     rmr_buf_t *free_bufs[64]; /* output buffer pool: small ones */

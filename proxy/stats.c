@@ -9,7 +9,7 @@
 #include "remora/stats.h"
 
 const uint64_t rmr_hist_bounds_us[RMR_HIST_BUCKETS] = {
-    250,    500,    1000,    2500,    5000,    10000,   25000,   50000,
+    250,    500,    1000,   2500,    5000,    10000,   25000,    50000,
     100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000,
 };
 
@@ -179,8 +179,9 @@ char *rmr_stats_render_json(unsigned nw)
         rmr_buf_printf(&b, ",\"requests\":%lu,\"responses\":{", c.requests);
         for (int k = 1; k < 6; k++)
             rmr_buf_printf(&b, "%s\"%dxx\":%lu", k > 1 ? "," : "", k, c.responses[k]);
-        rmr_buf_printf(&b, "},\"upstream_cx_total\":%lu,\"upstream_cx_active\":%lu,"
-                           "\"upstream_errors\":{",
+        rmr_buf_printf(&b,
+                       "},\"upstream_cx_total\":%lu,\"upstream_cx_active\":%lu,"
+                       "\"upstream_errors\":{",
                        c.upstream_cx_total, c.upstream_cx_active);
         for (int k = 0; k < RMR_UERR_COUNT; k++)
             rmr_buf_printf(&b, "%s\"%s\":%lu", k ? "," : "", rmr_uerr_names[k],
@@ -272,8 +273,7 @@ char *rmr_stats_render_prometheus(unsigned nw)
     rmr_buf_printf(&b, "remora_config_reloads_total %lu\n", LD(rmr_config_reloads));
     rmr_buf_str(&b, "# HELP remora_config_reload_failures_total Config loads refused.\n"
                     "# TYPE remora_config_reload_failures_total counter\n");
-    rmr_buf_printf(&b, "remora_config_reload_failures_total %lu\n",
-                   LD(rmr_config_reload_failures));
+    rmr_buf_printf(&b, "remora_config_reload_failures_total %lu\n", LD(rmr_config_reload_failures));
 
     rmr_buf_str(&b, "# HELP remora_requests_total Requests routed to a service.\n"
                     "# TYPE remora_requests_total counter\n");
@@ -289,8 +289,8 @@ char *rmr_stats_render_prometheus(unsigned nw)
                     "# TYPE remora_upstream_errors_total counter\n");
     for (size_t i = 0; i < n; i++)
         for (int k = 0; k < RMR_UERR_COUNT; k++)
-            rmr_buf_printf(&b, "remora_upstream_errors_total{%s,reason=\"%s\"} %lu\n",
-                           lb[i].data, rmr_uerr_names[k], c[i].upstream_errors[k]);
+            rmr_buf_printf(&b, "remora_upstream_errors_total{%s,reason=\"%s\"} %lu\n", lb[i].data,
+                           rmr_uerr_names[k], c[i].upstream_errors[k]);
     rmr_buf_str(&b, "# HELP remora_upstream_connections_total Upstream connections opened.\n"
                     "# TYPE remora_upstream_connections_total counter\n");
     for (size_t i = 0; i < n; i++)

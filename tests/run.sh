@@ -41,7 +41,8 @@ record() {
 DEB_PACKAGES=(liburing-dev libnghttp2-dev libssl-dev libc-ares-dev libprotobuf-c-dev
     protobuf-c-compiler libyaml-dev meson ninja-build pkg-config gcc clang libclang-rt-14-dev
     node-llhttp curl wrk python3-pytest python3-pytest-timeout python3-h2 python3-yaml
-    python3-grpcio python3-protobuf nghttp2-client haproxy nginx-light iproute2 procps)
+    python3-grpcio python3-protobuf nghttp2-client haproxy nginx-light iproute2 procps
+    clang-format)
 
 install_deps() {
     local missing=() p
@@ -216,6 +217,22 @@ if [ "$SKIP_ASAN" != 1 ]; then
         REMORA_ASAN=1 e2e asan "$ROOT/build-asan"
         fuzz_replay asan "$ROOT/build-asan"
     fi
+fi
+
+# The C follows .clang-format: one check per file, so a misformatted file is named.
+if command -v clang-format >/dev/null; then
+    log "format"
+    fp=0
+    ff=0
+    while IFS= read -r f; do
+        if clang-format --dry-run --Werror "$f" >/dev/null 2>&1; then
+            fp=$((fp + 1))
+        else
+            ff=$((ff + 1))
+            echo "not formatted: $f (clang-format -i $f)"
+        fi
+    done < <(cd "$ROOT" && git ls-files '*.c' '*.h' | sed "s|^|$ROOT/|")
+    record "format" "$fp" "$ff"
 fi
 
 # ---- (f) summary ---------------------------------------------------------------------------

@@ -55,8 +55,8 @@ struct rmr_loop {
     rmr_op_t efd_op;
     void (*on_wake)(rmr_loop_t *loop);
     int stop;
-    uint64_t turns, cqes;  /* turns that reaped something, and what they reaped */
-    unsigned features; /* RMR_LOOP_F_* */
+    uint64_t turns, cqes; /* turns that reaped something, and what they reaped */
+    unsigned features;    /* RMR_LOOP_F_* */
     void *data;
 };
 

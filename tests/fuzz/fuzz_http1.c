@@ -43,12 +43,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(c)                                                                              \
-    do {                                                                                      \
-        if (!(c)) {                                                                           \
-            fprintf(stderr, "fuzz_http1: invariant failed at line %d: %s\n", __LINE__, #c);   \
-            abort();                                                                          \
-        }                                                                                     \
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "fuzz_http1: invariant failed at line %d: %s\n", __LINE__, #c);        \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 typedef struct run {
@@ -57,12 +57,12 @@ typedef struct run {
     int response;
     int head_req, upgrade_req;
     uint32_t max_bytes, max_hdrs;
-    int msg_live;  /* msg was initialised (requests: one per message) */
-    int msg_current; /* msg is being parsed: h1_msg_feed before each execute */
-    int refused;   /* one of the h1_* callbacks returned -1 */
-    int ended;     /* a pause left for good: tunnel, or a refusal */
+    int msg_live;                      /* msg was initialised (requests: one per message) */
+    int msg_current;                   /* msg is being parsed: h1_msg_feed before each execute */
+    int refused;                       /* one of the h1_* callbacks returned -1 */
+    int ended;                         /* a pause left for good: tunnel, or a refusal */
     const char *feed_start, *feed_end; /* the bytes of the current execute */
-    uint64_t digest; /* FNV-1a over completed heads and bodies */
+    uint64_t digest;                   /* FNV-1a over completed heads and bodies */
     unsigned heads;
     volatile unsigned sink;
 } run_t;
@@ -292,7 +292,7 @@ static int req_message_complete(llhttp_t *p)
     mix_u32(r, 0x4d534743); /* message end marker */
     CHECK(r->msg.err_status == 0);
     check_msg(r, &r->msg); /* trailers went into the same message */
-    r->msg_current = 0; /* the stream ends before the next message is parsed */
+    r->msg_current = 0;    /* the stream ends before the next message is parsed */
     return HPE_PAUSED;
 }
 

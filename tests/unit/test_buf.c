@@ -44,7 +44,7 @@ static char pat(size_t i)
 
 static void test_append_growth(void)
 {
-    static const size_t sizes[] = {0,   1,   2,    255,  256,  257,   511,   512,
+    static const size_t sizes[] = {0,   1,    2,    255,  256,  257,   511,   512,
                                    513, 1000, 4095, 4096, 4097, 65535, 65536, 100003};
     for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
         size_t n = sizes[k];

@@ -194,7 +194,7 @@ static void test_timer_rearm_stop(void)
     rmr_timer_set(&loop, &tt[0].t, 200); /* later */
     CHECK(loop.heap[0] == &tt[1].t);
     CHECK_INT(tt[0].t.deadline, now + 200);
-    CHECK_INT(loop.nheap, 2); /* re-arming does not add a second entry */
+    CHECK_INT(loop.nheap, 2);           /* re-arming does not add a second entry */
     rmr_timer_set(&loop, &tt[0].t, 10); /* earlier */
     CHECK(loop.heap[0] == &tt[0].t);
     CHECK_INT(loop.nheap, 2);

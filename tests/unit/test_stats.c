@@ -344,8 +344,7 @@ static int parse_prometheus(char *text, int *bad_type_order)
         nsamples++;
         int f = sample_family(s->name);
         if (f < 0) {
-            printf("     line %d: sample of %s before any # TYPE of its family\n", line,
-                   s->name);
+            printf("     line %d: sample of %s before any # TYPE of its family\n", line, s->name);
             (*bad_type_order)++;
         } else {
             /* A family's samples are contiguous. */
@@ -407,8 +406,8 @@ static int check_histograms(int *bad)
                 ok = 0;
             }
             if (b->value < prev_v) {
-                printf("     %s{%s}: bucket le=%s %g < %g: not cumulative\n", s->name,
-                       s->labels, b->le, b->value, prev_v);
+                printf("     %s{%s}: bucket le=%s %g < %g: not cumulative\n", s->name, s->labels,
+                       b->le, b->value, prev_v);
                 ok = 0;
             }
             prev_le = le;
@@ -422,8 +421,8 @@ static int check_histograms(int *bad)
         double count = find(cname, s->labels);
         if (nb != RMR_HIST_BUCKETS + 1 || isnan(inf_v) || isnan(count) || inf_v != count ||
             !isinf(prev_le)) {
-            printf("     %s{%s}: %d buckets, +Inf %g, _count %g\n", s->name, s->labels, nb,
-                   inf_v, count);
+            printf("     %s{%s}: %d buckets, +Inf %g, _count %g\n", s->name, s->labels, nb, inf_v,
+                   count);
             ok = 0;
         }
         snprintf(cname, sizeof(cname), "%s_sum", base);
@@ -465,11 +464,11 @@ static void test_prometheus(void)
     b->w[1].requests = 9;
     q->w[0].requests = 1;
     /* Latencies spread across slots and buckets, some exactly on a bound. */
-    rmr_hist_add(&a->w[0].latency, 250);   /* le 0.00025 */
-    rmr_hist_add(&a->w[0].latency, 251);   /* le 0.0005 */
-    rmr_hist_add(&a->w[1].latency, 1000);  /* le 0.001 */
+    rmr_hist_add(&a->w[0].latency, 250);      /* le 0.00025 */
+    rmr_hist_add(&a->w[0].latency, 251);      /* le 0.0005 */
+    rmr_hist_add(&a->w[1].latency, 1000);     /* le 0.001 */
     rmr_hist_add(&a->w[1].latency, 40000000); /* +Inf only */
-    rmr_hist_add(&a->w[1].latency, 100);   /* le 0.00025 */
+    rmr_hist_add(&a->w[1].latency, 100);      /* le 0.00025 */
     rmr_wstats[0].downstream_cx_total = 11;
     rmr_wstats[1].downstream_cx_total = 22;
     rmr_wstats[0].bad_requests = 1;
