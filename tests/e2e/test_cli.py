@@ -156,3 +156,17 @@ def test_missing_mesh_file_exits_2(remora_bin, tmp_path):
     res = run_remora(remora_bin, ["--config", sidecar])
     assert res.returncode == 2, (res.returncode, res.stderr)
     assert "mesh.yaml" in res.stderr, res.stderr
+
+
+def test_io_uring_refused_names_cause_and_fix(build_dir, remora_bin):
+    """Under a seccomp filter that refuses io_uring (as container runtimes' default profiles
+    do), remora exits at once with a message naming the cause and the fix."""
+    import subprocess
+    helper = build_dir / "tests" / "noiouring"
+    assert helper.is_file(), "test helper missing: %s" % helper
+    proc = subprocess.run([str(helper), str(remora_bin), "--listen", addr(free_port()),
+                           "--upstream", addr(free_port())],
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "io_uring" in proc.stderr and "seccomp" in proc.stderr, proc.stderr
+    assert "io_uring_setup" in proc.stderr and "security-opt" in proc.stderr, proc.stderr
