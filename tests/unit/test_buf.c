@@ -8,18 +8,7 @@
 
 #include "remora/buf.h"
 
-static int failures, checks;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (cond) {                                                                                \
-            printf("ok   %s\n", #cond);                                                            \
-        } else {                                                                                   \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 /* Compares the buffer's bytes (not NUL-terminated) with a C string. */
 #define CHECK_BUF(b, want)                                                                         \
@@ -245,6 +234,5 @@ int main(void)
     test_printf_growth();
     test_json_str();
     test_free();
-    printf("%d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return check_summary();
 }

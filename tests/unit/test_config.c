@@ -18,31 +18,7 @@
 #define RMR_SOURCE_ROOT "."
 #endif
 
-static int failures, checks;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (cond) {                                                                                \
-            printf("ok   %s\n", #cond);                                                            \
-        } else {                                                                                   \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_STR(a, b)                                                                            \
-    do {                                                                                           \
-        const char *a_ = (a), *b_ = (b);                                                           \
-        checks++;                                                                                  \
-        if ((!a_ && !b_) || (a_ && b_ && !strcmp(a_, b_))) {                                       \
-            printf("ok   %s == \"%s\"\n", #a, b_ ? b_ : "(null)");                                 \
-        } else {                                                                                   \
-            printf("FAIL %s:%d: %s: got \"%s\", want \"%s\"\n", __FILE__, __LINE__, #a,            \
-                   a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                        \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static char *slurp(const char *path)
 {
@@ -656,6 +632,5 @@ int main(int argc, char **argv)
         rmdir(tmpl);
     free(mesh_text);
     free(sidecar_text);
-    printf("%d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return check_summary();
 }

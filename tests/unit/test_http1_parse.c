@@ -10,18 +10,7 @@
 
 #include "http1_parse.h"
 
-static int failures, checks;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (cond) {                                                                                \
-            printf("ok   %s\n", #cond);                                                            \
-        } else {                                                                                   \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 /* A span's bytes equal a literal exactly (case-sensitive). */
 #define CHECK_SPAN(m, s, want)                                                                     \
@@ -35,18 +24,6 @@ static int failures, checks;
         } else {                                                                                   \
             printf("FAIL %s:%d: %s: got \"%.*s\", want \"%s\"\n", __FILE__, __LINE__, #s,          \
                    (int)s_.len, s_.len ? h1_str(m_, s_) : "", w_);                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_INT(a, b)                                                                            \
-    do {                                                                                           \
-        long a_ = (long)(a), b_ = (long)(b);                                                       \
-        checks++;                                                                                  \
-        if (a_ == b_) {                                                                            \
-            printf("ok   %s == %ld\n", #a, b_);                                                    \
-        } else {                                                                                   \
-            printf("FAIL %s:%d: %s: got %ld, want %ld\n", __FILE__, __LINE__, #a, a_, b_);         \
             failures++;                                                                            \
         }                                                                                          \
     } while (0)
@@ -643,6 +620,5 @@ int main(void)
     test_limits();
     test_reset();
     test_span_eq();
-    printf("%d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return check_summary();
 }

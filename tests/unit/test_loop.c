@@ -16,30 +16,7 @@
 
 #include "remora/loop.h"
 
-static int failures, checks;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (cond) {                                                                                \
-            printf("ok   %s\n", #cond);                                                            \
-        } else {                                                                                   \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_INT(a, b)                                                                            \
-    do {                                                                                           \
-        long long a_ = (long long)(a), b_ = (long long)(b);                                        \
-        checks++;                                                                                  \
-        if (a_ == b_) {                                                                            \
-            printf("ok   %s == %lld\n", #a, b_);                                                   \
-        } else {                                                                                   \
-            printf("FAIL %s:%d: %s: got %lld, want %lld\n", __FILE__, __LINE__, #a, a_, b_);       \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 static rmr_loop_t loop;
 
@@ -669,6 +646,5 @@ int main(void)
     rmr_loop_free(&loop);
     CHECK(loop.heap == NULL && loop.bufs == NULL && loop.br == NULL && loop.efd == -1);
     CHECK_INT(loop.ring.ring_fd, -1);
-    printf("%d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return check_summary();
 }

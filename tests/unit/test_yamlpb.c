@@ -16,31 +16,7 @@
 #define RMR_SOURCE_ROOT "."
 #endif
 
-static int failures, checks;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (cond) {                                                                                \
-            printf("ok   %s\n", #cond);                                                            \
-        } else {                                                                                   \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                 \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_STR(a, b)                                                                            \
-    do {                                                                                           \
-        const char *a_ = (a), *b_ = (b);                                                           \
-        checks++;                                                                                  \
-        if (a_ && b_ && !strcmp(a_, b_)) {                                                         \
-            printf("ok   %s == \"%s\"\n", #a, b_);                                                 \
-        } else {                                                                                   \
-            printf("FAIL %s:%d: %s: got \"%s\", want \"%s\"\n", __FILE__, __LINE__, #a,            \
-                   a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                        \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 #define CHECK_DUR(d, s, ns) CHECK((d) != NULL && (d)->seconds == (s) && (d)->nanos == (ns))
 
@@ -563,6 +539,5 @@ int main(int argc, char **argv)
     test_good_inputs();
     test_bad_inputs();
     test_limits();
-    printf("%d checks, %d failed\n", checks, failures);
-    return failures ? 1 : 0;
+    return check_summary();
 }
