@@ -48,7 +48,6 @@ void h1_msg_reset(h1_msg_t *m)
     m->err_reason = NULL;
     m->conn_tokens = 0;
     m->host = -1;
-    m->te_chunked = 0;
     memset(&m->url, 0, sizeof(m->url));
     memset(&m->status_text, 0, sizeof(m->status_text));
 }

@@ -27,8 +27,7 @@ enum {
     H_CONTENT_LENGTH,
     H_HOST,
     H_X_FORWARDED_FOR,
-    H_PROXY_AUTHORIZATION, /* hop-by-hop toward an upstream? kept: we are not the proxy it names */
-    H_TRAILER,
+    H_TRAILER, /* end-to-end: classified, forwarded */
 };
 
 typedef struct h1_hdr {
@@ -59,7 +58,6 @@ typedef struct h1_msg {
     /* filled by h1_msg_analyze() */
     uint32_t conn_tokens;
     int host; /* index of Host, -1 */
-    int te_chunked;
 } h1_msg_t;
 
 void h1_msg_init(h1_msg_t *m, uint32_t max_bytes, uint32_t max_hdrs);
