@@ -34,6 +34,7 @@ struct rmr_config_shared {
     int refs;
     Mesh *mesh;
     Bootstrap *boot;
+    char *tls_files[3]; /* cert, key, ca resolved against the bootstrap's folder */
 };
 
 /* Where errors point: one YAML file and its line index (lines NULL: no line numbers). */
@@ -218,6 +219,8 @@ static void shared_unref(struct rmr_config_shared *sh)
         protobuf_c_message_free_unpacked(&sh->mesh->base, NULL);
     if (sh->boot)
         protobuf_c_message_free_unpacked(&sh->boot->base, NULL);
+    for (int i = 0; i < 3; i++)
+        free(sh->tls_files[i]);
     free(sh);
 }
 
@@ -235,6 +238,7 @@ static void service_clear(rmr_service_conf_t *s)
     }
     free(s->endpoints);
     free(s->dns_name);
+    free(s->default_identity);
 }
 
 static void route_clear(rmr_route_conf_t *r)
@@ -437,6 +441,15 @@ static int check_service(const struct ctx *x, const Mesh *m, size_t i)
     if (s->dns && s->n_endpoints)
         return verr(src, x->err, P(p, "services[%zu].dns", i),
                     "a service takes either endpoints or dns, not both");
+    if (s->tls && s->tls->mode == REMORA__V1__TLS_MODE__PERMISSIVE)
+        return verr(
+            src, x->err, P(p, "services[%zu].tls.mode", i),
+            "permissive is for the inbound listener; toward a service use mutual or simple");
+    for (size_t k = 0; s->tls && k < s->tls->n_identities; k++)
+        if (strncmp(s->tls->identities[k], "spiffe://", 9))
+            return verr(src, x->err, P(p, "services[%zu].tls.identities[%zu]", i, k),
+                        "expected an identity spiffe://<trust-domain>/..., got \"%s\"",
+                        s->tls->identities[k]);
     /* A service with no endpoints is valid (scaled to zero): its requests get 503. */
     for (size_t k = 0; k < s->n_endpoints; k++) {
         const Remora__V1__Endpoint *e = s->endpoints[k];
@@ -697,7 +710,8 @@ static int check_mesh(const struct ctx *x, const Mesh *m, bool catch_all_ok)
 /* ------------------------------------------------------------------------------------------ */
 /* compiling */
 
-static int listener_add(rmr_config_t *c, const rmr_addr_t *a, int inbound, size_t svc)
+static int listener_add(rmr_config_t *c, const rmr_addr_t *a, int inbound, size_t svc,
+                        const rmr_listener_conf_t *tls_from)
 {
     rmr_listener_conf_t *l = realloc(c->listeners, (c->n_listeners + 1) * sizeof(*l));
     if (!l)
@@ -710,6 +724,11 @@ static int listener_add(rmr_config_t *c, const rmr_addr_t *a, int inbound, size_
     c->n_listeners++;
     l->inbound = inbound;
     l->inbound_service = svc;
+    if (tls_from) {
+        l->tls_mode = tls_from->tls_mode;
+        l->n_allow = tls_from->n_allow;
+        l->allow = tls_from->allow;
+    }
     return 0;
 }
 
@@ -732,6 +751,12 @@ static int compile_service(const Service *s, rmr_service_conf_t *o)
     dur_ms(&none, &none.mesh, "", s->idle_timeout, 60000, false, &ms);
     o->idle_timeout_ms = ms;
     o->pb = s;
+    o->tls_mode = s->tls ? (rmr_tls_mode_t)s->tls->mode : RMR_TLS_DISABLE;
+    if (s->tls) {
+        o->tls_sni = empty(s->tls->sni) ? NULL : s->tls->sni;
+        o->n_identities = s->tls->n_identities;
+        o->identities = s->tls->identities;
+    }
     if (s->dns) {
         o->dns_name = strdup(s->dns->name);
         if (!o->dns_name)
@@ -799,6 +824,16 @@ static int bootstrap_limits(const struct ctx *x, const Remora__V1__Limits *l, rm
         o->idle_timeout_ms = 60000;
     if (!o->drain_timeout_ms)
         o->drain_timeout_ms = 10000;
+    const Remora__V1__Limits__Http2 *h2 = l ? l->http2 : NULL;
+    o->h2_max_streams = h2 && h2->max_concurrent_streams ? h2->max_concurrent_streams : 128;
+    o->h2_window = h2 && h2->initial_window ? h2->initial_window : 1u << 20;
+    o->h2_max_resets = h2 && h2->max_resets_per_second ? h2->max_resets_per_second : 200;
+    o->h2_max_control = h2 && h2->max_control_per_second ? h2->max_control_per_second : 100;
+    o->h2_max_continuations = h2 && h2->max_continuations ? h2->max_continuations : 16;
+    if (o->h2_window > 0x7fffffffu)
+        return verr(b, x->err, "limits.http2.initial_window", "must be at most 2147483647");
+    if (o->h2_window < 65535)
+        return verr(b, x->err, "limits.http2.initial_window", "must be at least 65535");
     return 0;
 }
 
@@ -896,7 +931,8 @@ static rmr_config_t *compile(const struct ctx *x, Mesh *mesh, Bootstrap *boot, c
     }
 
     if (!boot) {
-        c->limits = (rmr_limits_t){65536, 100, 0, 10000, 15000, 60000, 10000, 10000};
+        c->limits = (rmr_limits_t){65536, 100, 0,        10000, 15000, 60000, 10000,
+                                   10000, 128, 1u << 20, 200,   100,   16};
         return c;
     }
 
@@ -932,13 +968,58 @@ static rmr_config_t *compile(const struct ctx *x, Mesh *mesh, Bootstrap *boot, c
     }
     if ((rc = bootstrap_limits(x, boot->limits, &c->limits)) < 0)
         goto fail;
+    if (boot->tls) {
+        const char *files[3] = {boot->tls->cert, boot->tls->key, boot->tls->ca};
+        static const char *const names[3] = {"tls.cert", "tls.key", "tls.ca"};
+        const char *slash = strrchr(source, '/');
+        for (int i = 0; i < 3; i++) {
+            if (empty(files[i])) {
+                if (i < 2) {
+                    rc = verr(&x->boot, x->err, names[i], "a PEM file is required");
+                    goto fail;
+                }
+                continue;
+            }
+            char *path;
+            if (files[i][0] == '/' || !slash)
+                path = strdup(files[i]);
+            else if (asprintf(&path, "%.*s/%s", (int)(slash - source), source, files[i]) < 0)
+                path = NULL;
+            if (!path)
+                goto nomem;
+            if (access(path, R_OK) < 0) {
+                rc = verr(&x->boot, x->err, names[i], "cannot read %s: %s", path, strerror(errno));
+                free(path);
+                goto fail;
+            }
+            c->shared->tls_files[i] = path;
+        }
+        c->tls_cert = c->shared->tls_files[0];
+        c->tls_key = c->shared->tls_files[1];
+        c->tls_ca = c->shared->tls_files[2];
+    }
+    for (size_t i = 0; i < mesh->n_services; i++) {
+        const rmr_service_conf_t *sv = &c->services[i];
+        if (sv->tls_mode == RMR_TLS_MUTUAL && !c->tls_cert) {
+            rc = verr(&x->mesh, x->err, P(p, "services[%zu].tls.mode", i),
+                      "mutual TLS needs the sidecar's certificate (`tls:` in the bootstrap %s)",
+                      x->boot.file);
+            goto fail;
+        }
+        if (sv->tls_mode != RMR_TLS_DISABLE && !c->tls_ca) {
+            rc = verr(&x->mesh, x->err, P(p, "services[%zu].tls.mode", i),
+                      "TLS toward a service needs a trust bundle (`tls.ca` in the bootstrap %s)",
+                      x->boot.file);
+            goto fail;
+        }
+    }
     if (!boot->inbound && !boot->outbound) {
         rc = verr(&x->boot, x->err, "outbound", "at least one of inbound and outbound is needed");
         goto fail;
     }
     if (boot->outbound) {
         if ((rc = parse_listen(x, "outbound.listen", boot->outbound->listen, &a)) < 0 ||
-            (rc = listener_add(c, &a, 0, 0)) < 0)
+            (rc = listener_add(c, &a, 0, 0, NULL)) < 0)
             goto fail;
         rmr_addr_clear(&a);
     }
@@ -973,7 +1054,26 @@ static rmr_config_t *compile(const struct ctx *x, Mesh *mesh, Bootstrap *boot, c
         s->connect_timeout_ms = 1000;
         s->idle_timeout_ms = 60000;
         s->dns_refresh_ms = 5000;
-        if ((rc = listener_add(c, &a, 1, c->n_services - 1)) < 0)
+        rmr_listener_conf_t tl = {
+            .tls_mode = (rmr_tls_mode_t)in->tls, .n_allow = in->n_allow, .allow = in->allow};
+        if (tl.tls_mode != RMR_TLS_DISABLE && !c->tls_cert) {
+            rc = verr(&x->boot, x->err, "inbound.tls",
+                      "needs the sidecar's certificate: `tls: {cert: FILE, key: FILE, ca: FILE}`");
+            goto fail;
+        }
+        if (tl.tls_mode != RMR_TLS_DISABLE && tl.tls_mode != RMR_TLS_SIMPLE && !c->tls_ca) {
+            rc = verr(&x->boot, x->err, "tls.ca",
+                      "mutual TLS needs a trust bundle to verify callers against");
+            goto fail;
+        }
+        for (size_t i = 0; i < in->n_allow; i++)
+            if (strncmp(in->allow[i], "spiffe://", 9)) {
+                rc = verr(&x->boot, x->err, P(p, "inbound.allow[%zu]", i),
+                          "expected an identity spiffe://<trust-domain>/..., got \"%s\"",
+                          in->allow[i]);
+                goto fail;
+            }
+        if ((rc = listener_add(c, &a, 1, c->n_services - 1, &tl)) < 0)
             goto fail;
         rmr_addr_clear(&a);
     }
@@ -1190,7 +1290,7 @@ rmr_config_t *rmr_config_simple(const char *listen, const char *upstream, unsign
     c->workers = workers;
     if (rmr_addr_parse(listen, &a) < 0)
         goto nomem; /* parsed fine above: only ENOMEM is left */
-    int rc = listener_add(c, &a, 0, 0);
+    int rc = listener_add(c, &a, 0, 0, NULL);
     rmr_addr_clear(&a);
     if (rc < 0)
         goto nomem;
@@ -1234,6 +1334,9 @@ static int service_copy(rmr_service_conf_t *d, const rmr_service_conf_t *s, bool
     d->dns_name = NULL;
     d->endpoints = NULL;
     d->n_endpoints = 0;
+    d->default_identity = NULL;
+    if (s->default_identity && !(d->default_identity = strdup(s->default_identity)))
+        return -ENOMEM;
     if (!(d->name = strdup(s->name)))
         return -ENOMEM;
     if (s->dns_name && !(d->dns_name = strdup(s->dns_name)))
@@ -1289,6 +1392,9 @@ rmr_config_t *rmr_config_with_endpoints(const rmr_config_t *c, size_t svc, const
     d->refs = 1;
     d->workers = c->workers;
     d->limits = c->limits;
+    d->tls_cert = c->tls_cert;
+    d->tls_key = c->tls_key;
+    d->tls_ca = c->tls_ca;
     d->mesh_pb = c->mesh_pb;
     d->boot_pb = c->boot_pb;
     d->shared = c->shared;
@@ -1306,7 +1412,7 @@ rmr_config_t *rmr_config_with_endpoints(const rmr_config_t *c, size_t svc, const
     }
     for (size_t i = 0; i < c->n_listeners; i++)
         if (listener_add(d, &c->listeners[i].addr, c->listeners[i].inbound,
-                         c->listeners[i].inbound_service) < 0)
+                         c->listeners[i].inbound_service, &c->listeners[i]) < 0)
             goto fail;
     if (c->n_services) {
         d->services = calloc(c->n_services, sizeof(*d->services));

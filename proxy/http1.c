@@ -21,82 +21,18 @@
 #include <unistd.h>
 
 #include "remora/log.h"
-#include "proxy.h"
-#include "http1_parse.h"
-
-#define OUT_HIGH (256 * 1024) /* stop reading the source past this much unsent output */
-#define STASH_MAX (64 * 1024) /* pipelined bytes kept while a response is pending */
-#define MAX_IDLE_PER_ENDPOINT 1024
-
-typedef enum {
-    D_IDLE = 0, /* between requests */
-    D_HEAD,     /* reading a request head */
-    D_STREAM,   /* a request is routed; body and/or response flowing */
-    D_TUNNEL,   /* after 101 Switching Protocols */
-    D_CLOSING,  /* a final reply is being written; close after it */
-} dstate_t;
-
-typedef enum {
-    U_CONNECTING = 0,
-    U_ACTIVE,
-    U_IDLE,
-    U_TUNNEL,
-} ustate_t;
-
-typedef enum { FRAME_NONE = 0, FRAME_CL, FRAME_CHUNKED, FRAME_CLOSE } frame_t;
-
-typedef struct stream {
-    h1_msg_t req;  /* parsed request head; spans into req.arena */
-    h1_msg_t resp; /* parsed response head */
-    view_t *view;
-    cluster_t *cluster;
-    endpoint_t *ep;
-    uint64_t start_us;
-    uint32_t timeout_ms;
-    frame_t req_out;  /* framing toward the upstream */
-    frame_t resp_out; /* framing toward the client */
-    uint64_t body_in; /* request body bytes so far */
-    uint64_t req_cl;  /* Content-Length of the request */
-    unsigned req_done : 1, resp_started : 1, resp_done : 1, head_req : 1, upgrade : 1,
-        keepalive : 1, replayable : 1, retried : 1, tunnel_ok : 1;
-} stream_t;
-
-struct conn {
-    rmr_op_t recv_op, send_op, connect_op;
-    worker_t *w;
-    conn_kind_t kind;
-    int fd;
-    int ops; /* ops in the kernel whose last completion is still due */
-    unsigned recv_armed : 1, recv_paused : 1, closing : 1, reused : 1, close_after : 1, in_list : 1,
-        in_parse : 1;
-    uint8_t state;
-    rmr_buf_t *out;     /* bytes to send, appended */
-    rmr_buf_t *sending; /* bytes owned by the send op in flight */
-    size_t send_off;
-    rmr_buf_t *stash; /* downstream: pipelined bytes not yet parsed */
-    llhttp_t parser;
-    list_t link; /* downstream: worker's conns; upstream: endpoint's idle list */
-    rmr_timer_t timer;
-    conn_t *peer;
-    stream_t *st;   /* downstream: the current stream */
-    endpoint_t *ep; /* upstream: its endpoint */
-    const listener_t *lst;
-    const char *feed_start, *feed_end; /* the bytes being parsed */
-    struct __kernel_timespec connect_ts;
-    char client_ip[INET6_ADDRSTRLEN];
-};
+#include "http.h"
+#include "tls.h"
 
 static llhttp_settings_t req_settings, resp_settings;
 
-static void conn_close(conn_t *c);
-static void conn_flush(conn_t *c);
 static void recv_arm(conn_t *c);
 static void down_feed(conn_t *d, const char *data, size_t len);
 static void up_feed(conn_t *u, const char *data, size_t len);
-static void stream_fail(conn_t *d, int status, const char *reason);
 static void stream_dispatch(conn_t *d);
-static void up_release(conn_t *u, int reusable);
 static void up_fail(conn_t *u, int status, const char *reason);
+static void deliver_eof(conn_t *c, int res);
+static void tls_refused(conn_t *d, const char *kind, const char *why);
 
 /* ---- buffers ---- */
 
@@ -130,19 +66,20 @@ void wbuf_put(worker_t *w, rmr_buf_t *b)
     free(b);
 }
 
-static rmr_buf_t *out_of(conn_t *c)
+rmr_buf_t *out_of(conn_t *c)
 {
     if (!c->out)
         c->out = wbuf_get(c->w);
     return c->out;
 }
 
-static size_t pending(const conn_t *c)
+size_t pending(const conn_t *c)
 {
-    return (c->out ? c->out->len : 0) + (c->sending ? c->sending->len - c->send_off : 0);
+    return (c->out ? c->out->len - c->out_off : 0) +
+           (c->sending ? c->sending->len - c->send_off : 0);
 }
 
-static int out_append(conn_t *c, const void *p, size_t n)
+int out_append(conn_t *c, const void *p, size_t n)
 {
     rmr_buf_t *b = out_of(c);
     if (!b)
@@ -153,7 +90,7 @@ static int out_append(conn_t *c, const void *p, size_t n)
 
 /* ---- connection life ---- */
 
-static conn_t *conn_new(worker_t *w, conn_kind_t kind, int fd)
+conn_t *conn_new(worker_t *w, conn_kind_t kind, int fd)
 {
     conn_t *c = calloc(1, sizeof(*c));
     if (!c)
@@ -166,12 +103,16 @@ static conn_t *conn_new(worker_t *w, conn_kind_t kind, int fd)
     return c;
 }
 
-static void stream_free(conn_t *d)
+void stream_free(conn_t *d)
 {
     stream_t *st = d->st;
     if (!st)
         return;
     d->st = NULL;
+    if (st->u2)
+        h2_up_cancel(st);
+    wbuf_put(d->w, st->reqbody);
+    st->reqbody = NULL;
     if (st->ep && st->ep->active) {
         st->ep->active--;
         RMR_STAT_DEC(st->ep->stats->active);
@@ -217,9 +158,10 @@ static void conn_free(conn_t *c)
     wbuf_put(c->w, c->out);
     wbuf_put(c->w, c->sending);
     wbuf_put(c->w, c->stash);
-    if (c->kind == CONN_DOWN) {
+    if (c->kind == CONN_DOWN)
         stream_free(c);
-    }
+    if (c->tls)
+        tls_free(c->tls);
     c->w->nalloc--;
     free(c);
 }
@@ -231,13 +173,26 @@ static void op_done(conn_t *c)
         conn_free(c);
 }
 
-static void conn_close(conn_t *c)
+void conn_close(conn_t *c)
 {
     if (c->closing)
         return;
     c->closing = 1;
     rmr_timer_stop(&c->w->loop, &c->timer);
     worker_t *w = c->w;
+    if (c->virt) {
+        h2_stream_closing(c);
+        conn_t *u = c->peer;
+        c->peer = NULL;
+        if (u) {
+            u->peer = NULL;
+            up_release(u, 0);
+        }
+        conn_free(c);
+        return;
+    }
+    if (c->h2)
+        h2_conn_closing(c);
     if (c->kind == CONN_DOWN) {
         list_del(&c->link);
         w->nconns--;
@@ -285,9 +240,39 @@ static void submit_send(conn_t *c)
     c->ops++;
 }
 
-static void conn_flush(conn_t *c)
+void conn_flush(conn_t *c)
 {
-    if (c->closing || c->sending || !c->out || !c->out->len)
+    if (c->virt) {
+        h2_stream_kick(c);
+        return;
+    }
+    if (c->closing || c->sending)
+        return;
+    if (c->tls) {
+        /* Plaintext goes through the TLS engine (it holds it until the handshake is done);
+         * what leaves is the ciphertext it produced. */
+        if (c->out && c->out->len) {
+            if (tls_write(c->tls, c->out->data, c->out->len) < 0) {
+                RMR_DEBUG("tls: %s", tls_error(c->tls));
+                conn_close(c);
+                return;
+            }
+            c->out->len = 0;
+        }
+        if (!tls_out_pending(c->tls))
+            return;
+        rmr_buf_t *b = wbuf_get(c->w);
+        if (!b) {
+            conn_close(c);
+            return;
+        }
+        tls_out(c->tls, b);
+        c->sending = b;
+        c->send_off = 0;
+        submit_send(c);
+        return;
+    }
+    if (!c->out || !c->out->len)
         return;
     c->sending = c->out;
     c->out = NULL;
@@ -324,7 +309,9 @@ static void on_send(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
     conn_flush(c);
     if (c->kind == CONN_DOWN && c->state == D_STREAM && c->st)
         rmr_timer_set(&c->w->loop, &c->timer, c->st->timeout_ms);
-    if (c->kind == CONN_DOWN)
+    if (c->proto == P_H2)
+        h2_after_send(c);
+    else if (c->kind == CONN_DOWN)
         down_after_send(c);
     else
         up_after_send(c);
@@ -350,7 +337,7 @@ static void recv_arm(conn_t *c)
 }
 
 /* Stops reading c until recv_resume(): its output toward the peer is full. */
-static void recv_pause(conn_t *c)
+void recv_pause(conn_t *c)
 {
     if (c->recv_paused)
         return;
@@ -362,12 +349,151 @@ static void recv_pause(conn_t *c)
     }
 }
 
-static void recv_resume(conn_t *c)
+void recv_resume(conn_t *c)
 {
     if (!c->recv_paused)
         return;
     c->recv_paused = 0;
     recv_arm(c);
+}
+
+static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/* Plaintext from c, to the codec it speaks. */
+static void deliver(conn_t *c, const char *data, size_t len)
+{
+    if (c->proto == P_H2) {
+        h2_feed(c, data, len);
+        return;
+    }
+    if (c->kind == CONN_UP) {
+        up_feed(c, data, len);
+        return;
+    }
+    if (c->proto == P_SNIFF) {
+        /* The client preface of HTTP/2 with prior knowledge, or anything else: HTTP/1. */
+        size_t n = len < sizeof(h2_preface) - 1 ? len : sizeof(h2_preface) - 1;
+        if (!memcmp(data, h2_preface, n)) {
+            if (h2_down_start(c) < 0)
+                return;
+            h2_feed(c, data, len);
+            return;
+        }
+        c->proto = P_H1;
+    }
+    down_feed(c, data, len);
+}
+
+/* The TLS handshake of c just completed: check the peer, pick the codec by ALPN. */
+static int tls_established(conn_t *c)
+{
+    c->tls_done = 1;
+    worker_t *w = c->w;
+    if (c->kind == CONN_DOWN) {
+        const rmr_config_t *cfg = w->view->config;
+        const rmr_listener_conf_t *lc =
+            c->lst->index < cfg->n_listeners ? &cfg->listeners[c->lst->index] : NULL;
+        if (lc && lc->tls_mode != RMR_TLS_SIMPLE &&
+            (lc->tls_mode != RMR_TLS_PERMISSIVE || tls_peer_identity(c->tls)) &&
+            tls_check_identity(c->tls, (const char *const *)lc->allow, lc->n_allow) < 0) {
+            tls_refused(c, tls_error_kind(c->tls), tls_error(c->tls));
+            return -1;
+        }
+        RMR_STAT_INC(rmr_wstats[w->id].tls_handshakes);
+        if (tls_resumed(c->tls))
+            RMR_STAT_INC(rmr_wstats[w->id].tls_resumed);
+        const char *alpn = tls_alpn(c->tls);
+        if (alpn && !strcmp(alpn, "h2"))
+            return h2_down_start(c);
+        c->proto = P_H1;
+        return 0;
+    }
+    const rmr_service_conf_t *sc = c->ep->cluster->conf;
+    const char *const *ids = (const char *const *)sc->identities;
+    size_t n = sc->n_identities;
+    if (!n && sc->default_identity) {
+        ids = (const char *const *)&sc->default_identity;
+        n = 1;
+    }
+    if (tls_check_identity(c->tls, ids, n) < 0) {
+        RMR_WARN("upstream %s (%s): TLS refused: %s", c->ep->conf->addr.text, sc->name,
+                 tls_error(c->tls));
+        RMR_STAT_INC(rmr_wstats[w->id].tls_errors[RMR_TLSERR_IDENTITY]);
+        RMR_STAT_INC(c->ep->stats->failures);
+        RMR_STAT_INC(c->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
+        up_fail(c, 502, "tls-failure");
+        return -1;
+    }
+    RMR_STAT_INC(rmr_wstats[w->id].tls_upstream_handshakes);
+    return 0;
+}
+
+/* Ciphertext from c: decrypt and deliver what it holds; answer the handshake. */
+static void tls_input(conn_t *c, const char *data, size_t len)
+{
+    char plain[16384];
+    if (tls_feed(c->tls, data, len) < 0) {
+        conn_close(c);
+        return;
+    }
+    for (;;) {
+        long n = tls_read(c->tls, plain, sizeof(plain));
+        if (n > 0 && !c->tls_done && tls_established(c) < 0)
+            return;
+        if (n == 0 && !c->tls_done && tls_handshake_done(c->tls) && tls_established(c) < 0)
+            return;
+        if (n > 0) {
+            deliver(c, plain, (size_t)n);
+            if (c->closing)
+                return;
+            continue;
+        }
+        if (n == 0)
+            break;
+        if (n == TLS_EOF) {
+            conn_flush(c);
+            deliver_eof(c, 0);
+            return;
+        }
+        /* TLS_ERR */
+        if (!c->tls_done) {
+            if (c->kind == CONN_DOWN) {
+                tls_refused(c, tls_error_kind(c->tls), tls_error(c->tls));
+            } else {
+                RMR_WARN("upstream %s: TLS handshake failed: %s", c->ep->conf->addr.text,
+                         tls_error(c->tls));
+                RMR_STAT_INC(rmr_wstats[c->w->id].tls_errors[RMR_TLSERR_HANDSHAKE]);
+                RMR_STAT_INC(c->ep->stats->failures);
+                RMR_STAT_INC(c->ep->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
+                up_fail(c, 502, "tls-failure");
+            }
+            return;
+        }
+        RMR_DEBUG("tls: %s", tls_error(c->tls));
+        deliver_eof(c, -1);
+        return;
+    }
+    conn_flush(c); /* handshake records, alerts, key updates */
+}
+
+/* EOF (res 0) or an error (res < 0) on c. */
+static void deliver_eof(conn_t *c, int res)
+{
+    if (c->closing)
+        return;
+    if (c->proto == P_H2) {
+        h2_feed(c, NULL, 0);
+        return;
+    }
+    if (c->kind == CONN_UP) {
+        up_feed(c, NULL, res == 0 ? 0 : (size_t)-1);
+    } else if (res == 0 && c->st && c->st->req_done && !c->st->resp_done && c->state == D_STREAM) {
+        /* A client that half-closed after a whole request still gets its response. */
+        c->close_after = 1;
+        c->recv_paused = 1;
+    } else {
+        conn_close(c);
+    }
 }
 
 static void on_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
@@ -378,24 +504,14 @@ static void on_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
         /* The feed copies what it keeps: the buffer goes back at once. */
         if (res > 0 && !c->closing) {
-            if (c->kind == CONN_DOWN)
-                down_feed(c, rmr_loop_buf(loop, bid), (size_t)res);
+            if (c->tls)
+                tls_input(c, rmr_loop_buf(loop, bid), (size_t)res);
             else
-                up_feed(c, rmr_loop_buf(loop, bid), (size_t)res);
+                deliver(c, rmr_loop_buf(loop, bid), (size_t)res);
         }
         rmr_loop_buf_put(loop, bid);
     } else if (!c->closing && res != -ENOBUFS && res != -ECANCELED) {
-        /* EOF or error. */
-        if (c->kind == CONN_UP) {
-            up_feed(c, NULL, res == 0 ? 0 : (size_t)-1);
-        } else if (res == 0 && c->st && c->st->req_done && !c->st->resp_done &&
-                   c->state == D_STREAM) {
-            /* A client that half-closed after a whole request still gets its response. */
-            c->close_after = 1;
-            c->recv_paused = 1;
-        } else {
-            conn_close(c);
-        }
+        deliver_eof(c, res);
     }
     if (!more) {
         /* The multishot ended (out of buffers, cancelled, or the data above was its last):
@@ -440,7 +556,7 @@ static const char *status_text(int status)
     }
 }
 
-static const char *reason_text(const char *reason)
+const char *reason_text(const char *reason)
 {
     static const struct {
         const char *reason, *text;
@@ -459,6 +575,7 @@ static const char *reason_text(const char *reason)
         {"method-not-allowed", "this method is not proxied"},
         {"out-of-memory", "the proxy is out of memory"},
         {"draining", "the proxy is shutting down"},
+        {"tls-failure", "the TLS handshake with the upstream failed"},
     };
     for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
         if (!strcmp(texts[i].reason, reason))
@@ -470,8 +587,12 @@ static const char *reason_text(const char *reason)
  * Writes a reply of remora's own to the client. keep: whether the connection may carry
  * another request after it.
  */
-static void local_reply(conn_t *d, int status, const char *reason, int keep)
+void local_reply(conn_t *d, int status, const char *reason, int keep)
 {
+    if (d->virt) {
+        h2_local_reply(d, status, reason);
+        return;
+    }
     const char *text = reason_text(reason);
     int n = (int)strlen(text) + 9;
     rmr_buf_t *b = out_of(d);
@@ -499,7 +620,7 @@ static void local_reply(conn_t *d, int status, const char *reason, int keep)
 
 /* ---- downstream timers ---- */
 
-static void on_down_timer(rmr_loop_t *loop, rmr_timer_t *t)
+void on_down_timer(rmr_loop_t *loop, rmr_timer_t *t)
 {
     conn_t *d = (conn_t *)((char *)t - offsetof(conn_t, timer));
     (void)loop;
@@ -539,6 +660,7 @@ void h1_accept(worker_t *w, listener_t *l, int fd)
     d->recv_op.cb = on_recv;
     d->send_op.cb = on_send;
     d->timer.cb = on_down_timer;
+    d->proto = P_SNIFF;
     llhttp_init(&d->parser, HTTP_REQUEST, &req_settings);
     d->parser.data = d;
     list_push(&w->conns, &d->link);
@@ -547,7 +669,33 @@ void h1_accept(worker_t *w, listener_t *l, int fd)
     RMR_STAT_INC(rmr_wstats[w->id].downstream_cx_active);
     d->state = D_IDLE;
     rmr_timer_set(&w->loop, &d->timer, w->view->config->limits.header_timeout_ms);
+    const rmr_config_t *cfg = w->view->config;
+    if (l->index < cfg->n_listeners && cfg->listeners[l->index].tls_mode != RMR_TLS_DISABLE) {
+        tls_ctx_t *ctx = rmr_tls_server_ctx(cfg->listeners[l->index].tls_mode);
+        d->tls = ctx ? tls_new(ctx, 1, NULL, NULL) : NULL;
+        tls_ctx_unref(ctx);
+        if (!d->tls) {
+            RMR_WARN("listener %s: no TLS context for a new connection", l->conf->addr.text);
+            conn_close(d);
+            return;
+        }
+    }
     recv_arm(d);
+}
+
+/* A client's TLS handshake failed or its identity is not let in: log, count, close. */
+static void tls_refused(conn_t *d, const char *kind, const char *why)
+{
+    client_ip_fill(d);
+    RMR_WARN("listener %s: TLS from %s refused: %s", d->lst->conf->addr.text, d->client_ip, why);
+    RMR_STAT_INC(rmr_wstats[d->w->id].tls_errors[rmr_tlserr_of(kind)]);
+    conn_flush(d); /* the alert, when there is one */
+    d->close_after = 1;
+    d->state = D_CLOSING;
+    recv_pause(d);
+    rmr_timer_set(&d->w->loop, &d->timer, 1000);
+    if (!pending(d))
+        conn_close(d);
 }
 
 /* Closes idle connections and asks busy ones to close after their response. */
@@ -557,7 +705,9 @@ void h1_drain(worker_t *w)
     while (p != &w->conns) {
         conn_t *d = list_entry(p, conn_t, link);
         p = p->next;
-        if (d->state == D_IDLE && !pending(d))
+        if (d->proto == P_H2)
+            h2_drain(d);
+        else if (d->state == D_IDLE && !pending(d))
             conn_close(d);
         else
             d->close_after = 1;
@@ -566,7 +716,7 @@ void h1_drain(worker_t *w)
 
 /* ---- request parsing (downstream) ---- */
 
-static stream_t *stream_new(conn_t *d)
+stream_t *stream_new(conn_t *d)
 {
     worker_t *w = d->w;
     const rmr_limits_t *lim = &w->view->config->limits;
@@ -597,6 +747,8 @@ static stream_t *stream_new(conn_t *d)
     }
     st->view = view_get(w->view);
     st->keepalive = 1;
+    st->d = d;
+    list_init(&st->u2link);
     return st;
 }
 
@@ -693,7 +845,7 @@ static ssize_t route_request(conn_t *d, const char *host, size_t hlen, const cha
     const char *q = memchr(path, '?', plen); /* paths match without the query */
     if (q)
         plen = (size_t)(q - path);
-    const char *method = llhttp_method_name(d->parser.method);
+    const char *method = d->st->method;
     char pathz[2048];
     int have_pathz = 0;
     for (size_t i = 0; i < cfg->n_routes; i++) {
@@ -752,8 +904,7 @@ static void build_upstream_head(conn_t *d, rmr_buf_t *b)
     const char *host, *path, *full;
     size_t hlen, plen, flen;
     req_authority(st, &host, &hlen, &path, &plen, &full, &flen);
-    const char *method = llhttp_method_name(d->parser.method);
-    rmr_buf_str(b, method);
+    rmr_buf_str(b, st->method);
     rmr_buf_append(b, " ", 1);
     rmr_buf_append(b, path, plen);
     rmr_buf_str(b, " HTTP/1.1\r\n");
@@ -774,7 +925,7 @@ static void build_upstream_head(conn_t *d, rmr_buf_t *b)
     }
     if (st->req_out == FRAME_CHUNKED)
         rmr_buf_str(b, "transfer-encoding: chunked\r\n");
-    else if (d->parser.flags & F_CONTENT_LENGTH)
+    else if (st->has_cl)
         rmr_buf_printf(b, "content-length: %lu\r\n", (unsigned long)st->req_cl);
     /* X-Forwarded-For: the values received, in order, then this client. */
     rmr_buf_str(b, "x-forwarded-for: ");
@@ -785,6 +936,118 @@ static void build_upstream_head(conn_t *d, rmr_buf_t *b)
         }
     rmr_buf_str(b, d->client_ip);
     rmr_buf_str(b, "\r\n\r\n");
+}
+
+void client_ip_fill(conn_t *d)
+{
+    if (d->client_ip[0])
+        return;
+    if (d->virt) {
+        memcpy(d->client_ip, d->parent->client_ip, sizeof(d->client_ip));
+        if (d->client_ip[0])
+            return;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = d->virt ? d->parent->fd : d->fd;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, d->client_ip,
+                      sizeof(d->client_ip));
+        else if (ss.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, d->client_ip,
+                      sizeof(d->client_ip));
+    }
+    if (!d->client_ip[0])
+        strcpy(d->client_ip, "unknown");
+    if (d->virt)
+        memcpy(d->parent->client_ip, d->client_ip, sizeof(d->client_ip));
+}
+
+/* A gRPC request's grpc-timeout ("100m", "5S", ...) in milliseconds; 0 when absent or bad. */
+static uint32_t grpc_timeout_ms(const h1_msg_t *m)
+{
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        const h1_hdr_t *h = &m->hdrs[i];
+        if (!h1_span_eq(m, h->name, "grpc-timeout") || h->value.len < 2 || h->value.len > 9)
+            continue;
+        const char *v = h1_str(m, h->value);
+        uint64_t n = 0;
+        for (uint32_t k = 0; k + 1 < h->value.len; k++) {
+            if (v[k] < '0' || v[k] > '9')
+                return 0;
+            n = n * 10 + (uint64_t)(v[k] - '0');
+        }
+        switch (v[h->value.len - 1]) {
+        case 'H':
+            n *= 3600000;
+            break;
+        case 'M':
+            n *= 60000;
+            break;
+        case 'S':
+            n *= 1000;
+            break;
+        case 'm':
+            break;
+        case 'u':
+            n = (n + 999) / 1000;
+            break;
+        case 'n':
+            n = (n + 999999) / 1000000;
+            break;
+        default:
+            return 0;
+        }
+        if (n == 0)
+            n = 1;
+        return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+    }
+    return 0;
+}
+
+/*
+ * The request head of d's stream is complete and analysed (HTTP/1 or HTTP/2): route it and
+ * dispatch it. On no route, st->req.err_status is 404 and the caller answers.
+ */
+void stream_route(conn_t *d)
+{
+    stream_t *st = d->st;
+    worker_t *w = d->w;
+    const rmr_limits_t *lim = &st->view->config->limits;
+    h1_msg_t *m = &st->req;
+    client_ip_fill(d);
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        if (h1_span_eq(m, m->hdrs[i].name, "content-type") && m->hdrs[i].value.len >= 16 &&
+            !strncasecmp(h1_str(m, m->hdrs[i].value), "application/grpc", 16)) {
+            st->grpc = 1;
+            break;
+        }
+    const char *host, *path, *full;
+    size_t hlen, plen, flen;
+    req_authority(st, &host, &hlen, &path, &plen, &full, &flen);
+    uint32_t timeout = lim->request_timeout_ms;
+    ssize_t svc = route_request(d, host, hlen, path, plen, &timeout);
+    if (st->grpc) {
+        uint32_t g = grpc_timeout_ms(m);
+        if (g && g < timeout)
+            timeout = g;
+    }
+    st->timeout_ms = timeout;
+    d->state = D_STREAM;
+    rmr_timer_set(&w->loop, &d->timer, timeout);
+    if (svc < 0 || (size_t)svc >= st->view->n_clusters) {
+        /* counted under service="" so that request totals include what matched no route */
+        RMR_STAT_INC(w->unrouted->requests);
+        RMR_STAT_INC(w->unrouted->responses[4]);
+        m->err_status = 404;
+        m->err_reason = "no-route";
+        return;
+    }
+    st->cluster = &st->view->clusters[svc];
+    RMR_STAT_INC(st->cluster->stats->requests);
+    st->replayable = st->req_out == FRAME_NONE && !st->upgrade;
+    stream_dispatch(d);
 }
 
 static int req_on_headers_complete(llhttp_t *p)
@@ -803,12 +1066,15 @@ static int req_on_headers_complete(llhttp_t *p)
         m->err_reason = "method-not-allowed";
         return -1;
     }
+    snprintf(st->method, sizeof(st->method), "%s", llhttp_method_name(p->method));
+    st->client11 = p->http_major == 1 && p->http_minor >= 1;
     st->keepalive = llhttp_should_keep_alive(p) && !(m->conn_tokens & H1_CONN_CLOSE);
     st->head_req = p->method == HTTP_HEAD;
     st->upgrade = p->upgrade && (m->conn_tokens & H1_CONN_UPGRADE);
     if (p->flags & F_CHUNKED) {
         st->req_out = FRAME_CHUNKED;
     } else if (p->flags & F_CONTENT_LENGTH) {
+        st->has_cl = 1;
         st->req_cl = p->content_length;
         st->req_out = p->content_length ? FRAME_CL : FRAME_NONE;
         if (lim->max_body_bytes && p->content_length > lim->max_body_bytes) {
@@ -819,42 +1085,55 @@ static int req_on_headers_complete(llhttp_t *p)
     } else {
         st->req_out = FRAME_NONE;
     }
-    if (!d->client_ip[0]) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        if (getpeername(d->fd, (struct sockaddr *)&ss, &sl) == 0) {
-            if (ss.ss_family == AF_INET)
-                inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, d->client_ip,
-                          sizeof(d->client_ip));
-            else if (ss.ss_family == AF_INET6)
-                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, d->client_ip,
-                          sizeof(d->client_ip));
-        }
-        if (!d->client_ip[0])
-            strcpy(d->client_ip, "unknown");
-    }
-    const char *host, *path, *full;
-    size_t hlen, plen, flen;
-    req_authority(st, &host, &hlen, &path, &plen, &full, &flen);
-    uint32_t timeout = lim->request_timeout_ms;
-    ssize_t svc = route_request(d, host, hlen, path, plen, &timeout);
-    st->timeout_ms = timeout;
-    d->state = D_STREAM;
-    rmr_timer_set(&w->loop, &d->timer, timeout);
-    if (svc < 0 || (size_t)svc >= st->view->n_clusters) {
-        /* counted under service="" so that request totals include what matched no route */
-        RMR_STAT_INC(w->unrouted->requests);
-        RMR_STAT_INC(w->unrouted->responses[4]);
-        m->err_status = 404;
-        m->err_reason = "no-route";
-        /* Not malformed: with no body left to read the connection stays usable. */
-        return 0;
-    }
-    st->cluster = &st->view->clusters[svc];
-    RMR_STAT_INC(st->cluster->stats->requests);
-    st->replayable = st->req_out == FRAME_NONE && !st->upgrade;
-    stream_dispatch(d);
+    stream_route(d);
+    /* Not malformed: with no body left to read the connection stays usable. */
     return 0;
+}
+
+/* Request body bytes toward the upstream of d's stream, framed as it needs them. */
+void req_body_out(conn_t *d, const char *at, size_t len)
+{
+    stream_t *st = d->st;
+    if (st->u2) {
+        if (!st->reqbody)
+            st->reqbody = wbuf_get(d->w);
+        if (!st->reqbody) {
+            stream_fail(d, 503, "out-of-memory");
+            return;
+        }
+        rmr_buf_append(st->reqbody, at, len);
+        h2_up_body(d);
+        if (st->reqbody && st->reqbody->len - st->reqbody_off > OUT_HIGH && !d->virt)
+            recv_pause(d);
+        return;
+    }
+    conn_t *u = d->peer;
+    if (!u) /* the upstream failed already; the reply is on its way */
+        return;
+    if (st->req_out == FRAME_CHUNKED) {
+        char hdr[24];
+        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+        out_append(u, hdr, (size_t)n);
+        out_append(u, at, len);
+        out_append(u, "\r\n", 2);
+    } else {
+        out_append(u, at, len);
+    }
+    if (pending(u) > OUT_HIGH && !d->virt)
+        recv_pause(d);
+}
+
+/* The request body of d's stream is complete. */
+void req_end_out(conn_t *d)
+{
+    stream_t *st = d->st;
+    st->req_done = 1;
+    if (st->req.err_status)
+        return;
+    if (st->u2)
+        h2_up_body(d);
+    else if (d->peer && st->req_out == FRAME_CHUNKED)
+        out_append(d->peer, "0\r\n\r\n", 5);
 }
 
 static int req_on_body(llhttp_t *p, const char *at, size_t len)
@@ -870,30 +1149,13 @@ static int req_on_body(llhttp_t *p, const char *at, size_t len)
         st->req.err_reason = "body-too-large";
         return -1;
     }
-    conn_t *u = d->peer;
-    if (!u) /* the upstream failed already; the reply is on its way */
-        return 0;
-    if (st->req_out == FRAME_CHUNKED) {
-        char hdr[24];
-        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
-        out_append(u, hdr, (size_t)n);
-        out_append(u, at, len);
-        out_append(u, "\r\n", 2);
-    } else {
-        out_append(u, at, len);
-    }
-    if (pending(u) > OUT_HIGH)
-        recv_pause(d);
+    req_body_out(d, at, len);
     return 0;
 }
 
 static int req_on_message_complete(llhttp_t *p)
 {
-    conn_t *d = p->data;
-    stream_t *st = d->st;
-    st->req_done = 1;
-    if (!st->req.err_status && d->peer && st->req_out == FRAME_CHUNKED)
-        out_append(d->peer, "0\r\n\r\n", 5);
+    req_end_out(p->data);
     return HPE_PAUSED;
 }
 
@@ -988,7 +1250,7 @@ static void down_feed(conn_t *d, const char *data, size_t len)
 static void on_connect(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags);
 static void on_up_timer(rmr_loop_t *loop, rmr_timer_t *t);
 
-static conn_t *up_connect(worker_t *w, endpoint_t *ep, int *err)
+conn_t *up_connect(worker_t *w, endpoint_t *ep, int *err)
 {
     const rmr_addr_t *a = &ep->conf->addr;
     int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -1012,6 +1274,22 @@ static conn_t *up_connect(worker_t *w, endpoint_t *ep, int *err)
     u->state = U_CONNECTING;
     llhttp_init(&u->parser, HTTP_RESPONSE, &resp_settings);
     u->parser.data = u;
+    const rmr_service_conf_t *sc = ep->cluster->conf;
+    if (sc->tls_mode != RMR_TLS_DISABLE) {
+        tls_ctx_t *ctx = rmr_tls_client_ctx(sc->tls_mode, sc->protocol == RMR_PROTO_HTTP2);
+        u->tls =
+            ctx ? tls_new(ctx, 0, sc->tls_sni ? sc->tls_sni : sc->name, ep->conf->addr.text) : NULL;
+        tls_ctx_unref(ctx);
+        if (!u->tls) {
+            /* counted as a connection the caller sees fail */
+            u->ep = NULL;
+            w->nalloc--;
+            free(u);
+            close(fd);
+            *err = -ENOKEY;
+            return NULL;
+        }
+    }
     /* The connect and its linked timeout must go in the same submission. */
     if (io_uring_sq_space_left(&w->loop.ring) < 2)
         io_uring_submit(&w->loop.ring);
@@ -1052,7 +1330,15 @@ static void on_connect(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
     }
     u->state = U_ACTIVE;
     recv_arm(u);
-    conn_flush(u);
+    if (u->tls && tls_connect(u->tls) < 0) {
+        RMR_WARN("upstream %s: TLS: %s", u->ep->conf->addr.text, tls_error(u->tls));
+        up_fail(u, 502, "tls-failure");
+        goto out;
+    }
+    if (u->proto == P_H2)
+        h2_flush(u);
+    else
+        conn_flush(u);
 out:
     op_done(u);
 }
@@ -1065,7 +1351,7 @@ static void on_up_timer(rmr_loop_t *loop, rmr_timer_t *t)
 }
 
 /* Gives u back to its endpoint's pool, or closes it. u has no peer any more. */
-static void up_release(conn_t *u, int reusable)
+void up_release(conn_t *u, int reusable)
 {
     u->peer = NULL;
     endpoint_t *ep = u->ep;
@@ -1127,6 +1413,10 @@ static void stream_dispatch(conn_t *d)
     ep->active++;
     RMR_STAT_INC(ep->stats->active);
     RMR_STAT_INC(ep->stats->requests);
+    if (st->cluster->conf->protocol == RMR_PROTO_HTTP2) {
+        h2_up_dispatch(d);
+        return;
+    }
     conn_t *u = NULL;
     if (!list_empty(&ep->idle)) {
         u = list_entry(ep->idle.next, conn_t, link);
@@ -1140,7 +1430,11 @@ static void stream_dispatch(conn_t *d)
         int err = 0;
         u = up_connect(w, ep, &err);
         if (!u) {
-            RMR_WARN("upstream %s: cannot open a socket: %s", ep->conf->addr.text, strerror(-err));
+            if (err == -ENOKEY)
+                RMR_WARN("upstream %s: no TLS context for a new connection", ep->conf->addr.text);
+            else
+                RMR_WARN("upstream %s: cannot open a socket: %s", ep->conf->addr.text,
+                         strerror(-err));
             RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
             stream_fail(d, 502, "connect-failure");
             return;
@@ -1169,7 +1463,7 @@ static void stream_dispatch(conn_t *d)
  * The upstream side of d's stream failed before or during the response. If nothing was
  * written to the client yet, answer locally; otherwise the client connection must close.
  */
-static void stream_fail(conn_t *d, int status, const char *reason)
+void stream_fail(conn_t *d, int status, const char *reason)
 {
     stream_t *st = d->st;
     if (d->peer) {
@@ -1230,42 +1524,50 @@ static int resp_on_header_value_complete(llhttp_t *p)
     return h1_on_header_value_complete(RESP_MSG(p));
 }
 
-static int resp_on_headers_complete(llhttp_t *p)
+/*
+ * The response head of d's stream, toward its client. m: the head as parsed (or gathered from
+ * an HTTP/2 upstream). has_cl/cl: the response's Content-Length. Interim responses (1xx but
+ * 101) may come before the final one. For an HTTP/1 client the framing is chosen here.
+ */
+void resp_head_out(conn_t *d, const h1_msg_t *m, int status, int has_cl, uint64_t cl,
+                   int chunked_or_unknown)
 {
-    conn_t *u = p->data;
-    conn_t *d = u->peer;
     stream_t *st = d->st;
-    h1_msg_t *m = &st->resp;
-    if (h1_msg_analyze(m) < 0)
-        return -1;
-    int status = p->status_code;
     int interim = status >= 100 && status < 200 && status != 101;
-    int client11 = d->parser.http_major == 1 && d->parser.http_minor >= 1;
-    rmr_buf_t *b = out_of(d);
-    if (!b)
-        return -1;
     if (!interim) {
         st->resp_started = 1;
-        if (!st->keepalive || d->close_after || d->w->draining)
-            d->close_after = 1;
+        st->status = status;
+        st->resp_has_cl = has_cl && !chunked_or_unknown;
+        st->resp_cl = cl;
     }
+    if (d->virt) {
+        if (!interim)
+            h2_resp_head(d, m, status);
+        return;
+    }
+    int client11 = st->client11;
+    rmr_buf_t *b = out_of(d);
+    if (!b)
+        return;
+    if (!interim && (!st->keepalive || d->close_after || d->w->draining))
+        d->close_after = 1;
     if (status == 101 && st->upgrade) {
         st->tunnel_ok = 1;
         st->resp_out = FRAME_NONE;
     } else if (interim || status == 204 || status == 304 || st->head_req) {
         st->resp_out = FRAME_NONE;
-    } else if (p->flags & F_CHUNKED) {
+    } else if (chunked_or_unknown || !has_cl) {
         st->resp_out = client11 ? FRAME_CHUNKED : FRAME_CLOSE;
-    } else if (p->flags & F_CONTENT_LENGTH) {
-        st->resp_out = FRAME_CL;
     } else {
-        st->resp_out = client11 ? FRAME_CHUNKED : FRAME_CLOSE;
+        st->resp_out = FRAME_CL;
     }
     if (st->resp_out == FRAME_CLOSE)
         d->close_after = 1;
     rmr_buf_printf(b, "HTTP/1.1 %d ", status);
     if (m->status_text.len)
         rmr_buf_append(b, h1_str(m, m->status_text), m->status_text.len);
+    else
+        rmr_buf_str(b, status_text(status));
     rmr_buf_str(b, "\r\n");
     emit_headers(b, m, 0);
     if (st->tunnel_ok) {
@@ -1278,15 +1580,69 @@ static int resp_on_headers_complete(llhttp_t *p)
     } else if (!interim) {
         if (st->resp_out == FRAME_CHUNKED)
             rmr_buf_str(b, "transfer-encoding: chunked\r\n");
-        else if ((p->flags & F_CONTENT_LENGTH) && status != 204)
-            rmr_buf_printf(b, "content-length: %lu\r\n", (unsigned long)p->content_length);
+        else if (has_cl && status != 204)
+            rmr_buf_printf(b, "content-length: %lu\r\n", (unsigned long)cl);
         if (d->close_after)
             rmr_buf_str(b, "connection: close\r\n");
         else if (!client11)
             rmr_buf_str(b, "connection: keep-alive\r\n"); /* an HTTP/1.0 client asked for it */
     }
     rmr_buf_str(b, "\r\n");
-    if (b->oom)
+}
+
+/* Response body bytes toward d's client. */
+void resp_body_out(conn_t *d, const char *at, size_t len)
+{
+    stream_t *st = d->st;
+    if (st->resp_out == FRAME_CHUNKED) {
+        char hdr[24];
+        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+        out_append(d, hdr, (size_t)n);
+        out_append(d, at, len);
+        out_append(d, "\r\n", 2);
+    } else {
+        out_append(d, at, len);
+    }
+}
+
+/* The response of d's stream is complete (trailers, if any, were given before). */
+void resp_end_out(conn_t *d)
+{
+    stream_t *st = d->st;
+    if (st->resp_out == FRAME_CHUNKED && st->trailers) {
+        rmr_buf_t *b = out_of(d);
+        if (b) {
+            rmr_buf_str(b, "0\r\n");
+            emit_headers(b, &st->resp, 0);
+            rmr_buf_str(b, "\r\n");
+        }
+    } else if (st->resp_out == FRAME_CHUNKED) {
+        out_append(d, "0\r\n\r\n", 5);
+    }
+    stream_record(d);
+    st->resp_done = 1;
+}
+
+static int resp_on_headers_complete(llhttp_t *p)
+{
+    conn_t *u = p->data;
+    conn_t *d = u->peer;
+    stream_t *st = d->st;
+    h1_msg_t *m = &st->resp;
+    if (h1_msg_analyze(m) < 0)
+        return -1;
+    int status = p->status_code;
+    int interim = status >= 100 && status < 200 && status != 101;
+    resp_head_out(d, m, status, (p->flags & F_CONTENT_LENGTH) != 0, p->content_length,
+                  (p->flags & F_CHUNKED) != 0);
+    if (d->virt) {
+        if (interim)
+            return 0;
+        /* HTTP/2 frames the body itself; a HEAD response has none to read */
+        st->resp_out = FRAME_NONE;
+        return st->head_req ? 1 : 0;
+    }
+    if (!d->out || d->out->oom)
         return -1;
     if (st->tunnel_ok)
         return 2;
@@ -1299,26 +1655,17 @@ static int resp_on_body(llhttp_t *p, const char *at, size_t len)
 {
     conn_t *u = p->data;
     conn_t *d = u->peer;
-    stream_t *st = d->st;
-    if (st->resp_out == FRAME_CHUNKED) {
-        char hdr[24];
-        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
-        out_append(d, hdr, (size_t)n);
-        out_append(d, at, len);
-        out_append(d, "\r\n", 2);
-    } else {
-        out_append(d, at, len);
-    }
+    resp_body_out(d, at, len);
     if (pending(d) > OUT_HIGH)
         recv_pause(u);
     return 0;
 }
 
-static void stream_record(conn_t *d)
+void stream_record(conn_t *d)
 {
     stream_t *st = d->st;
     uint64_t us = rmr_clock_us() - st->start_us;
-    int cls = d->peer ? d->peer->parser.status_code / 100 : 0;
+    int cls = st->status / 100;
     if (cls < 1 || cls > 5)
         cls = 5;
     if (st->cluster) {
@@ -1332,14 +1679,10 @@ static int resp_on_message_complete(llhttp_t *p)
 {
     conn_t *u = p->data;
     conn_t *d = u->peer;
-    stream_t *st = d->st;
     int status = p->status_code;
     if (status >= 100 && status < 200 && status != 101)
         return 0; /* an interim response: the final one follows */
-    if (st->resp_out == FRAME_CHUNKED)
-        out_append(d, "0\r\n\r\n", 5);
-    stream_record(d);
-    st->resp_done = 1;
+    resp_end_out(d);
     return HPE_PAUSED;
 }
 
@@ -1443,6 +1786,10 @@ static void up_feed(conn_t *u, const char *data, size_t len)
 static void up_after_send(conn_t *u)
 {
     conn_t *d = u->peer;
+    if (d && d->virt && d->unacked && pending(u) <= OUT_HIGH / 2) {
+        h2_stream_kick(d); /* hands the client's window back */
+        return;
+    }
     if (d && d->recv_paused && pending(u) <= OUT_HIGH / 2 && d->state != D_CLOSING)
         recv_resume(d);
 }
@@ -1481,6 +1828,8 @@ static void down_after_send(conn_t *d)
 {
     if (d->peer && d->peer->recv_paused && pending(d) <= OUT_HIGH / 2)
         recv_resume(d->peer);
+    if (d->st && d->st->u2_unacked && pending(d) <= OUT_HIGH / 2)
+        h2_up_ack(d->st);
     if (pending(d))
         return;
     if (d->state == D_CLOSING) {

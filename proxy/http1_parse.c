@@ -142,6 +142,17 @@ int h1_on_header_value(h1_msg_t *m, const char *at, size_t len)
     return arena_add(m, &m->hdrs[m->nhdrs - 1].value, at, len);
 }
 
+int h1_msg_add(h1_msg_t *m, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    m->in = 0;
+    if (!nlen)
+        return refuse(m, 400, "bad-request");
+    if (h1_on_header_field(m, name, nlen) < 0)
+        return -1;
+    m->in = 0;
+    return arena_add(m, &m->hdrs[m->nhdrs - 1].value, value, vlen);
+}
+
 int h1_on_header_value_complete(h1_msg_t *m)
 {
     if (!m->nhdrs || m->hdrs[m->nhdrs - 1].name.len == 0)

@@ -78,6 +78,8 @@ int h1_on_status(h1_msg_t *m, const char *at, size_t len);
 int h1_on_header_field(h1_msg_t *m, const char *at, size_t len);
 int h1_on_header_value(h1_msg_t *m, const char *at, size_t len);
 int h1_on_header_value_complete(h1_msg_t *m);
+/* Adds a whole header (from an HTTP/2 peer, whose codec checked its characters). */
+int h1_msg_add(h1_msg_t *m, const char *name, size_t nlen, const char *value, size_t vlen);
 
 /*
  * Classifies headers once the head is complete: hop-by-hop headers and those named in

@@ -351,4 +351,6 @@ void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms)
             break;
     }
     run_timers(loop);
+    if (loop->before_wait)
+        loop->before_wait(loop);
 }

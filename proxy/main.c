@@ -28,7 +28,24 @@ static struct {
     struct signalfd_siginfo si;
     rmr_op_t sig_op;
     const char *config_path;
+    rmr_timer_t cert_timer;
 } m = {.sfd = -1};
+
+#define CERT_CHECK_MS 2000
+
+/* Certificates and keys are re-read when their files change; connections stay. */
+static void on_cert_timer(rmr_loop_t *loop, rmr_timer_t *t)
+{
+    char err[512];
+    int rc = rmr_tls_reload(rmr_g.config, 0, err, sizeof(err));
+    if (rc > 0)
+        RMR_INFO("tls: certificate files changed: reloaded");
+    else if (rc < 0)
+        RMR_ERR("tls: certificate files changed but cannot be loaded, keeping the running "
+                "ones: %s",
+                err);
+    rmr_timer_set(loop, t, CERT_CHECK_MS);
+}
 
 static void usage(FILE *f)
 {
@@ -37,11 +54,16 @@ static void usage(FILE *f)
                " [--admin ADDR:PORT]\n"
                "options:\n"
                "  -c, --config FILE     sidecar bootstrap (mesh_file: names the mesh config)\n"
-               "  -l, --listen ADDR     one-route mode: listen here\n"
+               "  -l, --listen ADDR     one-route mode: listen here (HTTP/1.1 and h2c)\n"
                "  -u, --upstream ADDRS  one-route mode: forward to these endpoints\n"
                "  -w, --workers N       worker threads (default: one per core)\n"
                "  -a, --admin ADDR      admin listener (/ready /stats /stats/prometheus /config "
                "/clusters)\n"
+               "      --tls-cert FILE   one-route mode: terminate TLS on --listen (PEM chain;"
+               " ALPN h2, http/1.1)\n"
+               "      --tls-key FILE    its private key\n"
+               "      --tls-ca FILE     require client certificates that chain to this bundle\n"
+               "      --upstream-proto P  http1 (default) or http2 (h2c) toward --upstream\n"
                "  -v, --verbose         debug logging\n"
                "  -V, --version         print the version\n");
 }
@@ -88,6 +110,14 @@ static void reload(void)
     if (cfg->workers && cfg->workers != cur->workers)
         RMR_WARN("reload: workers: %u takes effect only at restart", cfg->workers);
     cfg->workers = cur->workers;
+    char terr[512];
+    if (rmr_tls_reload(cfg, 1, terr, sizeof(terr)) < 0) {
+        __atomic_add_fetch(&rmr_config_reload_failures, 1, __ATOMIC_RELAXED);
+        RMR_ERR("reload refused, keeping the running config: %s", terr);
+        rmr_config_unref(cfg);
+        return;
+    }
+    rmr_tls_identities(cfg);
     rmr_config_publish(dns_fill(cfg));
     dns_config_changed();
     __atomic_add_fetch(&rmr_config_reloads, 1, __ATOMIC_RELAXED);
@@ -151,12 +181,18 @@ int main(int argc, char **argv)
         {"upstream", required_argument, NULL, 'u'},
         {"workers", required_argument, NULL, 'w'},
         {"admin", required_argument, NULL, 'a'},
+        {"tls-cert", required_argument, NULL, 'C'},
+        {"tls-key", required_argument, NULL, 'K'},
+        {"tls-ca", required_argument, NULL, 'A'},
+        {"upstream-proto", required_argument, NULL, 'P'},
         {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *listen = NULL, *upstream = NULL, *admin = NULL;
+    const char *tls_cert = NULL, *tls_key = NULL, *tls_ca = NULL;
+    int up_h2 = 0;
     long workers = 0;
     int c;
     while ((c = getopt_long(argc, argv, "c:l:u:w:a:vVh", opts, NULL)) != -1) {
@@ -172,6 +208,24 @@ int main(int argc, char **argv)
             break;
         case 'a':
             admin = optarg;
+            break;
+        case 'C':
+            tls_cert = optarg;
+            break;
+        case 'K':
+            tls_key = optarg;
+            break;
+        case 'A':
+            tls_ca = optarg;
+            break;
+        case 'P':
+            if (!strcmp(optarg, "http2") || !strcmp(optarg, "h2")) {
+                up_h2 = 1;
+            } else if (strcmp(optarg, "http1") && strcmp(optarg, "http/1.1")) {
+                fprintf(stderr, "remora: --upstream-proto: expected http1 or http2, got \"%s\"\n",
+                        optarg);
+                return 2;
+            }
             break;
         case 'v':
             rmr_log_level = RMR_LOG_DEBUG;
@@ -216,6 +270,29 @@ int main(int argc, char **argv)
         fprintf(stderr, "remora: %s\n", err.msg);
         return 2;
     }
+    if (!m.config_path) {
+        if ((tls_cert != NULL) != (tls_key != NULL) || (tls_ca && !tls_cert)) {
+            fprintf(stderr, "remora: --tls-cert and --tls-key go together (--tls-ca with them)\n");
+            return 2;
+        }
+        cfg->tls_cert = tls_cert;
+        cfg->tls_key = tls_key;
+        cfg->tls_ca = tls_ca;
+        if (tls_cert)
+            cfg->listeners[0].tls_mode = tls_ca ? RMR_TLS_MUTUAL : RMR_TLS_SIMPLE;
+        if (up_h2)
+            cfg->services[0].protocol = RMR_PROTO_HTTP2;
+    } else if (tls_cert || tls_key || tls_ca || up_h2) {
+        fprintf(stderr, "remora: --tls-* and --upstream-proto are for one-route mode; with "
+                        "--config, write them in the config\n");
+        return 2;
+    }
+    char terr[512];
+    if (rmr_tls_setup(cfg, terr, sizeof(terr)) < 0) {
+        fprintf(stderr, "remora: %s\n", terr);
+        return 2;
+    }
+    rmr_tls_identities(cfg);
     if (workers)
         cfg->workers = (unsigned)workers;
     if (!cfg->workers) {
@@ -244,6 +321,10 @@ int main(int argc, char **argv)
     m.sfd = signalfd(-1, &set, SFD_CLOEXEC);
     m.sig_op.cb = on_signal;
     sig_arm();
+    if (cfg->tls_cert) {
+        m.cert_timer.cb = on_cert_timer;
+        rmr_timer_set(&m.loop, &m.cert_timer, CERT_CHECK_MS);
+    }
 
     rmr_g.nworkers = cfg->workers;
     rmr_g.workers = calloc(cfg->workers, sizeof(worker_t));

@@ -57,7 +57,9 @@ struct endpoint {
     uint32_t active;          /* requests in flight from this worker */
     uint32_t nidle;           /* idle keep-alive connections */
     rmr_ep_counters_t *stats; /* this worker's slot, for /clusters */
-    list_t idle;              /* of conn_t.pool */
+    list_t idle;              /* of conn_t.link: idle HTTP/1 connections */
+    list_t h2conns;           /* of conn_t.link: HTTP/2 connections, shared by streams */
+    uint32_t nh2;
 };
 
 /* A service of the config, as one worker sees it. */
@@ -101,6 +103,7 @@ struct worker {
     size_t n_listeners;
     listener_t *listeners;
     list_t conns; /* all downstream connections */
+    list_t h2dirty; /* HTTP/2 connections with frames to send, flushed at the end of the turn */
     uint32_t nconns;
     int draining;
     uint64_t drain_deadline;
@@ -153,6 +156,24 @@ void h1_pool_move(endpoint_t *from, endpoint_t *to);
 void h1_close_all(worker_t *w);
 /* Frees w's pools of buffers and streams (at worker exit). */
 void h1_pools_free(worker_t *w);
+
+/* h2.c */
+void h2_flush_dirty(worker_t *w);
+void h2_pool_drop(endpoint_t *ep);
+void h2_pool_move(endpoint_t *from, endpoint_t *to);
+
+/* certs.c: the TLS contexts of this process, built from the config's certificate files (or the
+ * command line) and swapped when the files change. The getters return a new reference (NULL
+ * when TLS is not configured); tls_ctx_unref() it. */
+struct tls_ctx;
+int rmr_tls_setup(rmr_config_t *c, char *err, size_t errlen);
+/* Re-reads the files if they changed (force: always). 1 reloaded, 0 unchanged, -1 failed (the
+ * old contexts stay; err says why). Main thread. */
+int rmr_tls_reload(const rmr_config_t *c, int force, char *err, size_t errlen);
+struct tls_ctx *rmr_tls_server_ctx(rmr_tls_mode_t mode);
+struct tls_ctx *rmr_tls_client_ctx(rmr_tls_mode_t mode, int h2);
+/* Fills the services' default_identity from this sidecar's own trust domain. */
+void rmr_tls_identities(rmr_config_t *c);
 
 /* upstream.c */
 endpoint_t *cluster_pick(worker_t *w, cluster_t *c);

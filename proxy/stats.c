@@ -92,6 +92,19 @@ void rmr_stats_endpoint_sum(const rmr_ep_stats_t *e, unsigned nw, rmr_ep_counter
     }
 }
 
+const char *const rmr_tlserr_names[RMR_TLSERR_COUNT] = {"handshake", "no-peer-cert",
+                                                        "bad-peer-cert", "identity", "protocol"};
+const char *const rmr_h2err_names[RMR_H2ERR_COUNT] = {"protocol", "rapid-reset", "control-flood",
+                                                      "continuation-flood", "headers-too-large"};
+
+rmr_tlserr_t rmr_tlserr_of(const char *kind)
+{
+    for (int i = 0; kind && i < RMR_TLSERR_COUNT; i++)
+        if (!strcmp(kind, rmr_tlserr_names[i]))
+            return (rmr_tlserr_t)i;
+    return RMR_TLSERR_HANDSHAKE;
+}
+
 void rmr_hist_add(rmr_hist_t *h, uint64_t us)
 {
     unsigned i = 0;
@@ -133,6 +146,15 @@ static void sum_worker(unsigned nw, rmr_worker_stats_t *out)
         out->downstream_rq_total += LD(c->downstream_rq_total);
         out->bad_requests += LD(c->bad_requests);
         out->config_swaps += LD(c->config_swaps);
+        out->h2_connections += LD(c->h2_connections);
+        out->h2_streams += LD(c->h2_streams);
+        for (int i = 0; i < RMR_H2ERR_COUNT; i++)
+            out->h2_errors[i] += LD(c->h2_errors[i]);
+        out->tls_handshakes += LD(c->tls_handshakes);
+        out->tls_resumed += LD(c->tls_resumed);
+        out->tls_upstream_handshakes += LD(c->tls_upstream_handshakes);
+        for (int i = 0; i < RMR_TLSERR_COUNT; i++)
+            out->tls_errors[i] += LD(c->tls_errors[i]);
         for (int i = 0; i < 6; i++)
             out->local_replies[i] += LD(c->local_replies[i]);
         for (int i = 0; i <= RMR_HIST_BUCKETS; i++)
@@ -167,6 +189,16 @@ char *rmr_stats_render_json(unsigned nw)
                    ws.bad_requests);
     for (int i = 1; i < 6; i++)
         rmr_buf_printf(&b, "%s\"%dxx\":%lu", i > 1 ? "," : "", i, ws.local_replies[i]);
+    rmr_buf_printf(&b, "}},\"http2\":{\"connections\":%lu,\"streams\":%lu", ws.h2_connections,
+                   ws.h2_streams);
+    for (int i = 0; i < RMR_H2ERR_COUNT; i++)
+        rmr_buf_printf(&b, ",\"%s\":%lu", rmr_h2err_names[i], ws.h2_errors[i]);
+    rmr_buf_printf(&b,
+                   "},\"tls\":{\"handshakes\":%lu,\"resumed\":%lu,\"upstream_handshakes\":%lu,"
+                   "\"errors\":{",
+                   ws.tls_handshakes, ws.tls_resumed, ws.tls_upstream_handshakes);
+    for (int i = 0; i < RMR_TLSERR_COUNT; i++)
+        rmr_buf_printf(&b, "%s\"%s\":%lu", i ? "," : "", rmr_tlserr_names[i], ws.tls_errors[i]);
     rmr_buf_printf(&b, "}},\"config\":{\"reloads\":%lu,\"reload_failures\":%lu},\"services\":[",
                    LD(rmr_config_reloads), LD(rmr_config_reload_failures));
     rmr_svc_stats_t **s;
@@ -268,6 +300,31 @@ char *rmr_stats_render_prometheus(unsigned nw)
     for (int k = 1; k < 6; k++)
         rmr_buf_printf(&b, "remora_local_replies_total{code=\"%dxx\"} %lu\n", k,
                        ws.local_replies[k]);
+    rmr_buf_str(&b, "# HELP remora_http2_connections_total Client connections that spoke HTTP/2.\n"
+                    "# TYPE remora_http2_connections_total counter\n");
+    rmr_buf_printf(&b, "remora_http2_connections_total %lu\n", ws.h2_connections);
+    rmr_buf_str(&b, "# HELP remora_http2_streams_total HTTP/2 requests received.\n"
+                    "# TYPE remora_http2_streams_total counter\n");
+    rmr_buf_printf(&b, "remora_http2_streams_total %lu\n", ws.h2_streams);
+    rmr_buf_str(&b, "# HELP remora_http2_errors_total HTTP/2 connections ended for abuse or "
+                    "protocol errors, by reason.\n# TYPE remora_http2_errors_total counter\n");
+    for (int k = 0; k < RMR_H2ERR_COUNT; k++)
+        rmr_buf_printf(&b, "remora_http2_errors_total{reason=\"%s\"} %lu\n", rmr_h2err_names[k],
+                       ws.h2_errors[k]);
+    rmr_buf_str(&b, "# HELP remora_tls_handshakes_total TLS handshakes completed, by direction.\n"
+                    "# TYPE remora_tls_handshakes_total counter\n");
+    rmr_buf_printf(&b, "remora_tls_handshakes_total{direction=\"downstream\"} %lu\n",
+                   ws.tls_handshakes);
+    rmr_buf_printf(&b, "remora_tls_handshakes_total{direction=\"upstream\"} %lu\n",
+                   ws.tls_upstream_handshakes);
+    rmr_buf_str(&b, "# HELP remora_tls_resumed_total Downstream TLS sessions resumed.\n"
+                    "# TYPE remora_tls_resumed_total counter\n");
+    rmr_buf_printf(&b, "remora_tls_resumed_total %lu\n", ws.tls_resumed);
+    rmr_buf_str(&b, "# HELP remora_tls_errors_total TLS handshakes refused or failed, by reason.\n"
+                    "# TYPE remora_tls_errors_total counter\n");
+    for (int k = 0; k < RMR_TLSERR_COUNT; k++)
+        rmr_buf_printf(&b, "remora_tls_errors_total{reason=\"%s\"} %lu\n", rmr_tlserr_names[k],
+                       ws.tls_errors[k]);
     rmr_buf_str(&b, "# HELP remora_config_reloads_total Config snapshots swapped in.\n"
                     "# TYPE remora_config_reloads_total counter\n");
     rmr_buf_printf(&b, "remora_config_reloads_total %lu\n", LD(rmr_config_reloads));

@@ -28,8 +28,10 @@ void view_put(view_t *v)
         return;
     for (uint32_t i = 0; i < v->n_clusters; i++) {
         cluster_t *c = &v->clusters[i];
-        for (uint32_t k = 0; k < c->n_endpoints; k++)
+        for (uint32_t k = 0; k < c->n_endpoints; k++) {
             h1_pool_drop(&c->endpoints[k]);
+            h2_pool_drop(&c->endpoints[k]);
+        }
         free(c->endpoints);
     }
     free(v->clusters);
@@ -67,6 +69,7 @@ static view_t *view_build(worker_t *w, rmr_config_t *cfg, view_t *old)
             ep->conf = &sc->endpoints[k];
             ep->cluster = c;
             list_init(&ep->idle);
+            list_init(&ep->h2conns);
             rmr_ep_stats_t *es = rmr_stats_endpoint(ss, ep->conf->addr.text);
             if (!es)
                 goto fail;
@@ -85,6 +88,7 @@ static view_t *view_build(worker_t *w, rmr_config_t *cfg, view_t *old)
                         if (!strcmp(c->endpoints[k].conf->addr.text,
                                     oc->endpoints[m].conf->addr.text)) {
                             h1_pool_move(&oc->endpoints[m], &c->endpoints[k]);
+                            h2_pool_move(&oc->endpoints[m], &c->endpoints[k]);
                         }
             }
         }
@@ -207,6 +211,11 @@ static void on_drain_timer(rmr_loop_t *loop, rmr_timer_t *t)
     w->loop.stop = 1;
 }
 
+static void worker_before_wait(rmr_loop_t *loop)
+{
+    h2_flush_dirty(loop->data);
+}
+
 static void worker_wake(rmr_loop_t *loop)
 {
     worker_t *w = loop->data;
@@ -235,6 +244,7 @@ static void *worker_main(void *arg)
     rmr_log_set_thread(name);
     w->rng = 0x9E3779B97F4A7C15ULL * (w->id + 1) ^ rmr_clock_us();
     list_init(&w->conns);
+    list_init(&w->h2dirty);
     int ret = rmr_loop_init(&w->loop, 4096, 512, 16384);
     if (ret < 0) {
         w->start_err = ret;
@@ -245,6 +255,7 @@ static void *worker_main(void *arg)
     }
     w->loop.data = w;
     w->loop.on_wake = worker_wake;
+    w->loop.before_wait = worker_before_wait;
     pthread_mutex_lock(&rmr_g.config_lock);
     w->running = 1;
     pthread_mutex_unlock(&rmr_g.config_lock);

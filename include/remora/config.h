@@ -29,6 +29,14 @@ typedef enum rmr_proto {
     RMR_PROTO_AUTO,
 } rmr_proto_t;
 
+/* How a connection between sidecars is protected (values as proto TlsMode). */
+typedef enum rmr_tls_mode {
+    RMR_TLS_DISABLE = 0,
+    RMR_TLS_MUTUAL,
+    RMR_TLS_SIMPLE,
+    RMR_TLS_PERMISSIVE, /* inbound only: mTLS or plaintext */
+} rmr_tls_mode_t;
+
 typedef struct rmr_label {
     char *key;
     char *value;
@@ -64,6 +72,13 @@ typedef struct rmr_service_conf {
      * idempotency...). For the inbound service "inbound|<service>": the mesh's entry named
      * <service> when there is one, else NULL. NULL for none from the command line. */
     const void *pb;
+    /* TLS toward the endpoints; the strings point into pb (or the command line). */
+    rmr_tls_mode_t tls_mode;
+    const char *tls_sni; /* NULL: the service's name */
+    size_t n_identities; /* server identities accepted; 0: the default below */
+    char *const *identities;
+    char *default_identity; /* spiffe://<trust domain>/service/<name>, owned; NULL
+                               until the sidecar's own certificate is known */
 } rmr_service_conf_t;
 
 typedef struct rmr_route_conf {
@@ -84,17 +99,25 @@ typedef struct rmr_listener_conf {
     rmr_addr_t addr;
     int inbound;            /* 1: to the local app; 0: outbound, routed by Host */
     size_t inbound_service; /* inbound: index of the local-app service in services[] */
+    rmr_tls_mode_t tls_mode;
+    size_t n_allow;     /* caller identities let in; 0: any the trust bundle vouches for */
+    char *const *allow; /* into the bootstrap message */
 } rmr_listener_conf_t;
 
 typedef struct rmr_limits {
-    uint32_t max_header_bytes;   /* request/response head, default 65536 (431 past it) */
-    uint32_t max_headers;        /* default 100 */
-    uint64_t max_body_bytes;     /* request body, 0 = unlimited (413 past it) */
-    uint32_t header_timeout_ms;  /* first byte to end of request head, default 10000 (408) */
-    uint32_t request_timeout_ms; /* default route timeout, default 15000 (504) */
-    uint32_t idle_timeout_ms;    /* downstream keep-alive idle, default 60000 */
-    uint32_t drain_timeout_ms;   /* SIGTERM grace, default 10000 */
-    uint32_t max_connections;    /* per worker, default 10000 */
+    uint32_t max_header_bytes;     /* request/response head, default 65536 (431 past it) */
+    uint32_t max_headers;          /* default 100 */
+    uint64_t max_body_bytes;       /* request body, 0 = unlimited (413 past it) */
+    uint32_t header_timeout_ms;    /* first byte to end of request head, default 10000 (408) */
+    uint32_t request_timeout_ms;   /* default route timeout, default 15000 (504) */
+    uint32_t idle_timeout_ms;      /* downstream keep-alive idle, default 60000 */
+    uint32_t drain_timeout_ms;     /* SIGTERM grace, default 10000 */
+    uint32_t max_connections;      /* per worker, default 10000 */
+    uint32_t h2_max_streams;       /* concurrent streams per client connection, default 128 */
+    uint32_t h2_window;            /* stream receive window, default 1 MiB */
+    uint32_t h2_max_resets;        /* client RST_STREAMs per second before GOAWAY, default 200 */
+    uint32_t h2_max_control;       /* SETTINGS+PING per second before GOAWAY, default 100 */
+    uint32_t h2_max_continuations; /* CONTINUATION frames in one header block, default 16 */
 } rmr_limits_t;
 
 typedef struct rmr_config {
@@ -113,6 +136,9 @@ typedef struct rmr_config {
     size_t n_routes;
     rmr_route_conf_t *routes;
     rmr_limits_t limits;
+    /* This sidecar's certificate files (bootstrap `tls:`), resolved against the bootstrap's
+     * folder, or set from the command line; NULL when none. Valid in every copy. */
+    const char *tls_cert, *tls_key, *tls_ca;
     void *mesh_pb; /* Remora__V1__Mesh *, owned */
     void *boot_pb; /* Remora__V1__Bootstrap *, owned, NULL from the command line */
     /* Reference-counted owner of mesh_pb, boot_pb (and the YAML line index): copies made by

@@ -54,6 +54,8 @@ struct rmr_loop {
     uint64_t efd_val;
     rmr_op_t efd_op;
     void (*on_wake)(rmr_loop_t *loop);
+    /* Runs at the end of every turn, before the next wait: for work batched over a turn. */
+    void (*before_wait)(rmr_loop_t *loop);
     int stop;
     uint64_t turns, cqes; /* turns that reaped something, and what they reaped */
     unsigned features;    /* RMR_LOOP_F_* */

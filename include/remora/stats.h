@@ -64,6 +64,29 @@ typedef struct rmr_svc_stats {
     rmr_counters_t w[RMR_MAX_WORKERS];
 } rmr_svc_stats_t;
 
+typedef enum rmr_tlserr {
+    RMR_TLSERR_HANDSHAKE = 0, /* any other handshake failure */
+    RMR_TLSERR_NO_PEER_CERT,  /* mTLS: the peer presented no certificate */
+    RMR_TLSERR_BAD_PEER_CERT, /* it did not verify against the trust bundle */
+    RMR_TLSERR_IDENTITY,      /* it verified, but its identity is not allowed */
+    RMR_TLSERR_PROTOCOL,      /* version or cipher not acceptable */
+    RMR_TLSERR_COUNT
+} rmr_tlserr_t;
+extern const char *const rmr_tlserr_names[RMR_TLSERR_COUNT];
+/* The index of a tls_error_kind() name; RMR_TLSERR_HANDSHAKE for an unknown one. */
+rmr_tlserr_t rmr_tlserr_of(const char *kind);
+
+/* HTTP/2 protection events. */
+typedef enum rmr_h2err {
+    RMR_H2ERR_PROTOCOL = 0, /* the peer broke RFC 9113: GOAWAY sent */
+    RMR_H2ERR_RAPID_RESET,
+    RMR_H2ERR_CONTROL_FLOOD,
+    RMR_H2ERR_CONTINUATION_FLOOD,
+    RMR_H2ERR_HEADERS_TOO_LARGE,
+    RMR_H2ERR_COUNT
+} rmr_h2err_t;
+extern const char *const rmr_h2err_names[RMR_H2ERR_COUNT];
+
 /* Whole-worker counters beyond the per-service ones. */
 typedef struct rmr_worker_stats {
     uint64_t downstream_cx_total;
@@ -72,6 +95,13 @@ typedef struct rmr_worker_stats {
     uint64_t local_replies[6];
     uint64_t bad_requests;
     uint64_t config_swaps;
+    uint64_t h2_connections; /* downstream connections that spoke HTTP/2 */
+    uint64_t h2_streams;     /* HTTP/2 requests received */
+    uint64_t h2_errors[RMR_H2ERR_COUNT];
+    uint64_t tls_handshakes; /* downstream, completed and admitted */
+    uint64_t tls_resumed;
+    uint64_t tls_upstream_handshakes;
+    uint64_t tls_errors[RMR_TLSERR_COUNT]; /* both directions */
     rmr_hist_t latency;
 } __attribute__((aligned(64))) rmr_worker_stats_t;
 
