@@ -248,6 +248,7 @@ static void down_ack(conn_t *d)
         return;
     nghttp2_session_consume(d->parent->h2->s, d->sid, d->unacked);
     d->unacked = 0;
+    h2_mark(d->parent);
 }
 
 static void request_head_done(conn_t *d, int end_stream)
@@ -486,7 +487,7 @@ void h2_resp_head(conn_t *d, const h1_msg_t *m, int status)
         nv[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)clbuf, 14, (size_t)n,
                                NGHTTP2_NV_FLAG_NONE};
     }
-    int body = !(st->head_req || status == 204 || status == 304 ||
+    int body = !(st->head_req || st->resp_nobody || status == 204 || status == 304 ||
                  (st->resp_has_cl && st->resp_cl == 0 && !st->trailers));
     nghttp2_data_provider prd = {.source.ptr = d, .read_callback = down_read};
     int rv = nghttp2_submit_response(d->parent->h2->s, d->sid, nv, k, body ? &prd : NULL);
@@ -541,7 +542,10 @@ void h2_local_reply(conn_t *d, int status, const char *reason)
     }
     if (st->grpc) {
         /* A gRPC caller gets a gRPC error: trailers-only, the HTTP status 200. */
+        char msg[160];
         snprintf(gbuf, sizeof(gbuf), "%d", grpc_status_of(status));
+        snprintf(msg, sizeof(msg), "%s: %s", reason, text);
+        text = msg;
         NV(":status", "200", 3);
         NV("content-type", "application/grpc", 16);
         NV("grpc-status", gbuf, strlen(gbuf));
@@ -877,6 +881,7 @@ static int up_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
                 cl = 0;
             }
             rmr_timer_set(&d->w->loop, &d->timer, st->timeout_ms);
+            st->resp_nobody = end; /* trailers-only (gRPC errors): one HEADERS frame */
             resp_head_out(d, m, status, has_cl, cl, !has_cl);
             if (d->virt)
                 st->resp_out = FRAME_NONE;

@@ -72,7 +72,7 @@ typedef struct stream {
     size_t reqbody_off;
     unsigned req_done : 1, resp_started : 1, resp_done : 1, head_req : 1, upgrade : 1,
         keepalive : 1, replayable : 1, retried : 1, tunnel_ok : 1, has_cl : 1, client11 : 1,
-        grpc : 1, trailers : 1, u2_open : 1, resp_eof : 1, resp_has_cl : 1;
+        grpc : 1, trailers : 1, u2_open : 1, resp_eof : 1, resp_has_cl : 1, resp_nobody : 1;
 } stream_t;
 
 struct conn {

@@ -367,7 +367,7 @@ static const struct bad bad_inputs[] = {
      "\"lots\""},
     {0, "services:\n  - name: a\n    circuit_breakr: {}\n",
      "t.yaml:3: services[0].circuit_breakr: unknown field (expected one of: name, endpoints, dns, "
-     "load_balancer, protocol, connect_timeout, circuit_breaker, idempotency, idle_timeout)"},
+     "load_balancer, protocol, connect_timeout, circuit_breaker, idempotency, idle_timeout, tls)"},
     {0, "services:\n- name: a\n  connect_timeout: 5\n",
      "t.yaml:3: services[0].connect_timeout: expected a duration such as \"500ms\", \"1s\" or "
      "\"2m\", got \"5\""},
