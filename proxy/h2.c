@@ -1178,6 +1178,8 @@ __attribute__((constructor)) static void h2_init(void)
     nghttp2_option_set_no_auto_window_update(down_opt, 1);
     nghttp2_option_set_max_settings(down_opt, 64);
     nghttp2_option_set_max_outbound_ack(down_opt, 1000);
+    /* limits.http2.max_continuations decides, in on_begin_frame */
+    nghttp2_option_set_max_continuations(down_opt, 1u << 20);
     nghttp2_option_new(&up_opt);
     nghttp2_option_set_no_auto_window_update(up_opt, 1);
 }
