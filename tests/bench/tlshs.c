@@ -228,10 +228,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "tlshs: HOST must be an IPv4 address\n");
         return 2;
     }
-    req_len = (size_t)snprintf(req, sizeof(req),
-                               "GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: remora-bench-tlshs\r\n"
-                               "Connection: close\r\n\r\n",
-                               path);
+    req_len =
+        (size_t)snprintf(req, sizeof(req),
+                         "GET %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: remora-bench-tlshs\r\n"
+                         "Connection: close\r\n\r\n",
+                         path);
 
     ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
