@@ -82,7 +82,7 @@ struct conn {
     int fd;
     int ops; /* ops in the kernel whose last completion is still due */
     unsigned recv_armed : 1, recv_paused : 1, closing : 1, reused : 1, close_after : 1, in_list : 1,
-        in_parse : 1, virt : 1, tls_done : 1;
+        in_parse : 1, virt : 1, tls_done : 1, tls_sniff : 1;
     uint8_t state;
     uint8_t proto;      /* cproto_t */
     rmr_buf_t *out;     /* bytes to send, appended (plaintext when tls) */

@@ -193,6 +193,17 @@ void conn_close(conn_t *c)
     }
     if (c->h2)
         h2_conn_closing(c);
+    if (c->tls && c->tls_done && !c->sending && c->fd >= 0) {
+        /* close_notify, best effort: the socket is idle, one non-blocking send */
+        tls_shutdown(c->tls);
+        rmr_buf_t *b = wbuf_get(w);
+        if (b) {
+            tls_out(c->tls, b);
+            if (b->len && send(c->fd, b->data, b->len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+                RMR_DEBUG("tls: close_notify not sent: %s", strerror(errno));
+            wbuf_put(w, b);
+        }
+    }
     if (c->kind == CONN_DOWN) {
         list_del(&c->link);
         w->nconns--;
@@ -249,9 +260,10 @@ void conn_flush(conn_t *c)
     if (c->closing || c->sending)
         return;
     if (c->tls) {
-        /* Plaintext goes through the TLS engine (it holds it until the handshake is done);
-         * what leaves is the ciphertext it produced. */
-        if (c->out && c->out->len) {
+        /* Plaintext goes through the TLS engine once the handshake is done and the peer's
+         * identity was admitted (tls_established); until then only handshake records leave.
+         * What leaves is the ciphertext the engine produced. */
+        if (c->tls_done && c->out && c->out->len) {
             if (tls_write(c->tls, c->out->data, c->out->len) < 0) {
                 RMR_DEBUG("tls: %s", tls_error(c->tls));
                 conn_close(c);
@@ -470,6 +482,14 @@ static void tls_input(conn_t *c, const char *data, size_t len)
             return;
         }
         RMR_DEBUG("tls: %s", tls_error(c->tls));
+        if (c->kind == CONN_UP) {
+            /* e.g. the server refused our certificate after a TLS 1.3 handshake */
+            RMR_WARN("upstream %s: TLS: %s", c->ep->conf->addr.text, tls_error(c->tls));
+            RMR_STAT_INC(rmr_wstats[c->w->id].tls_errors[rmr_tlserr_of(tls_error_kind(c->tls))]);
+            RMR_STAT_INC(c->ep->stats->failures);
+            up_fail(c, 502, "tls-failure");
+            return;
+        }
         deliver_eof(c, -1);
         return;
     }
@@ -481,6 +501,14 @@ static void deliver_eof(conn_t *c, int res)
 {
     if (c->closing)
         return;
+    if (c->tls && !c->tls_done && c->kind == CONN_UP) {
+        RMR_WARN("upstream %s: closed during the TLS handshake (does it speak TLS?)",
+                 c->ep->conf->addr.text);
+        RMR_STAT_INC(rmr_wstats[c->w->id].tls_errors[RMR_TLSERR_HANDSHAKE]);
+        RMR_STAT_INC(c->ep->stats->failures);
+        up_fail(c, 502, "tls-failure");
+        return;
+    }
     if (c->proto == P_H2) {
         h2_feed(c, NULL, 0);
         return;
@@ -504,7 +532,21 @@ static void on_recv(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
         /* The feed copies what it keeps: the buffer goes back at once. */
         if (res > 0 && !c->closing) {
-            if (c->tls)
+            if (c->tls_sniff) {
+                /* permissive: a TLS record (handshake, 0x16) starts TLS, anything else is
+                 * plaintext */
+                c->tls_sniff = 0;
+                if (*(const unsigned char *)rmr_loop_buf(loop, bid) == 0x16) {
+                    tls_ctx_t *ctx = rmr_tls_server_ctx(RMR_TLS_PERMISSIVE);
+                    c->tls = ctx ? tls_new(ctx, 1, NULL, NULL) : NULL;
+                    tls_ctx_unref(ctx);
+                    if (!c->tls)
+                        conn_close(c);
+                }
+            }
+            if (c->closing)
+                ;
+            else if (c->tls)
                 tls_input(c, rmr_loop_buf(loop, bid), (size_t)res);
             else
                 deliver(c, rmr_loop_buf(loop, bid), (size_t)res);
@@ -670,7 +712,10 @@ void h1_accept(worker_t *w, listener_t *l, int fd)
     d->state = D_IDLE;
     rmr_timer_set(&w->loop, &d->timer, w->view->config->limits.header_timeout_ms);
     const rmr_config_t *cfg = w->view->config;
-    if (l->index < cfg->n_listeners && cfg->listeners[l->index].tls_mode != RMR_TLS_DISABLE) {
+    if (l->index < cfg->n_listeners && cfg->listeners[l->index].tls_mode == RMR_TLS_PERMISSIVE) {
+        d->tls_sniff = 1; /* the first byte tells TLS from plaintext */
+    } else if (l->index < cfg->n_listeners &&
+               cfg->listeners[l->index].tls_mode != RMR_TLS_DISABLE) {
         tls_ctx_t *ctx = rmr_tls_server_ctx(cfg->listeners[l->index].tls_mode);
         d->tls = ctx ? tls_new(ctx, 1, NULL, NULL) : NULL;
         tls_ctx_unref(ctx);

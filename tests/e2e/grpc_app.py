@@ -9,7 +9,8 @@ Methods of test.Echo:
   Unary         echoes the request. Sends initial metadata `x-initial: yes` and trailing
                 metadata `x-trailer: yes` on every call. A request
                   b"status:N:MSG"   ends the call with status code N and details MSG
-                  b"sleep:S:REST"   sleeps S seconds (while the call is active), then echoes
+                  b"sleep:S:REST"   sleeps S seconds (while the call is active; before
+                                    sending any metadata), then echoes
   Meta          returns JSON of the invocation metadata it received ({key: value}; binary
                 `-bin` values as hex)
   ServerStream  b"N:SIZE" -> N messages of SIZE bytes, message i being payload(i, SIZE);
@@ -153,6 +154,13 @@ def _sleep_while_active(context, seconds):
 def make_handler(state):
     def unary(request, context):
         finish = state.begin("Unary", context)
+        if request.startswith(b"sleep:"):
+            # before any response headers: a timeout meanwhile finds no response started
+            _, secs, _rest = request.split(b":", 2)
+            state.started.set()
+            if not _sleep_while_active(context, float(secs)):
+                state.saw_inactive("Unary")
+                return b""
         context.send_initial_metadata((INITIAL,))
         context.set_trailing_metadata((TRAILER,))
         if request.startswith(b"status:"):
@@ -161,12 +169,6 @@ def make_handler(state):
             context.set_details(msg.decode("utf-8"))
             finish()
             return b""
-        if request.startswith(b"sleep:"):
-            _, secs, _rest = request.split(b":", 2)
-            state.started.set()
-            if not _sleep_while_active(context, float(secs)):
-                state.saw_inactive("Unary")
-                return b""
         finish()
         return request
 

@@ -347,6 +347,26 @@ def grpc_sidecar(make_remora, grpc_server):
         service("dead", [free_port()], protocol="http2")))
 
 
+def test_request_timeout_is_deadline_exceeded(make_remora, grpc_server):
+    """remora's own request timeout (504 for HTTP callers) ends a gRPC call that set no
+    deadline with DEADLINE_EXCEEDED, and the app's call is cancelled."""
+    r = make_remora().start_config(
+        mesh(service("greeter", [grpc_server.port], protocol="http2")),
+        limits={"request_timeout": "1s"})
+    c = EchoClient(grpc_app.channel(r.outbound, "greeter"))
+    try:
+        t0 = time.monotonic()
+        e = rpc_error(c.unary, b"sleep:5:", timeout=10)
+        took = time.monotonic() - t0
+        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (e.code(), e.details())
+        assert 0.9 <= took < 3.0, "ended after %.1fs with a 1s request timeout" % took
+        assert all_metadata(e).get("x-remora-error") == "upstream-timeout"
+        assert "upstream-timeout" in (e.details() or "")
+        assert grpc_server.cancelled.wait(3), "the app's call was left running"
+    finally:
+        c.close()
+
+
 LOCAL = [
     ("empty", grpc.StatusCode.UNAVAILABLE, 14, "no-endpoint"),
     ("dead", grpc.StatusCode.UNAVAILABLE, 14, "connect-failure"),

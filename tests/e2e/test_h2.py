@@ -606,7 +606,7 @@ def test_client_rst_stream_reaches_upstream(h2proxy):
         r = c.request("GET", "/again", "svc")
         assert r.status == 200
         assert r.json()["conn"] == 1
-    assert up.connections == 1 and up.closed_connections == 0
+        assert up.connections == 1 and up.closed_connections == 0
 
 
 def test_h1_client_gone_resets_upstream_stream(h2proxy):
