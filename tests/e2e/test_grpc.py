@@ -7,6 +7,7 @@ replies, remora's own deadline) use h2util's client and server.
 
 import hashlib
 import json
+import subprocess
 import time
 
 import grpc
@@ -16,7 +17,7 @@ import grpc_app
 from grpc_app import EchoClient, Pipe, all_metadata, payload, rpc_error, start_grpc_server
 from h2util import (GRPC_HEADERS, H2Client, grpc_frame, grpc_messages, grpc_request,
                     grpc_status, make_h2_upstream)  # noqa: F401 - a fixture
-from harness import free_port, mesh, service
+from harness import REPO, addr, free_port, mesh, service
 
 MIB = 1024 * 1024
 UNARY = "/test.Echo/Unary"
@@ -83,11 +84,42 @@ def grpc_server():
     server.stop(0)
 
 
-@pytest.fixture(params=["one-sidecar", "two-sidecars"])
-def route(request, make_remora, grpc_server):
+def two_sidecars_mtls(make_remora, app_port, certs):
+    """As two_sidecars, with mTLS between the sidecars: A is spiffe://remora.test/service/client,
+    B is .../greeter and lets in only A's identity."""
+    def tls(name):
+        return {"cert": str(certs / (name + ".pem")), "key": str(certs / (name + ".key")),
+                "ca": str(certs / "ca.pem")}
+    b = make_remora()
+    b.inbound = free_port()
+    b.start_config(mesh(service("greeter", [], protocol="http2")), app=app_port,
+                   extra={"service": "greeter", "tls": tls("greeter"),
+                          "inbound": {"listen": addr(b.inbound), "app": addr(app_port),
+                                      "tls": "mutual",
+                                      "allow": ["spiffe://remora.test/service/client"]}})
+    a = make_remora()
+    a.start_config(mesh(service("greeter", [b.inbound], protocol="http2",
+                                tls={"mode": "mutual"})),
+                   extra={"service": "client", "tls": tls("client")})
+    return a, b, a.outbound, "greeter"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run(["bash", str(REPO / "tests" / "certs.sh"), str(d), "remora.test", "greeter",
+                    "client"], check=True, capture_output=True, timeout=60)
+    return d
+
+
+@pytest.fixture(params=["one-sidecar", "two-sidecars", "two-sidecars-mtls"])
+def route(request, make_remora, grpc_server, certs):
     if request.param == "one-sidecar":
         r, port, authority = one_sidecar(make_remora, grpc_server.port)
         rt = Route(request.param, port, authority, grpc_server, [r])
+    elif request.param == "two-sidecars-mtls":
+        a, b, port, authority = two_sidecars_mtls(make_remora, grpc_server.port, certs)
+        rt = Route(request.param, port, authority, grpc_server, [a, b])
     else:
         a, b, port, authority = two_sidecars(make_remora, grpc_server.port)
         rt = Route(request.param, port, authority, grpc_server, [a, b])
@@ -454,3 +486,29 @@ def test_non_grpc_request_gets_http_local_reply(grpc_sidecar):
         assert r.header("grpc-status") is None
         r = c.request("POST", UNARY, "no-such-service", GRPC_HEADERS, body=grpc_frame(b"x"))
         assert r.status == 200 and r.header("grpc-status") == "12"
+
+
+def test_mtls_hop_is_tls_and_required(make_remora, grpc_server, certs):
+    """Between the sidecars the calls ride mTLS: handshakes are counted on both sides, and a
+    plaintext caller at B's inbound gets nothing through."""
+    a, b, port, authority = two_sidecars_mtls(make_remora, grpc_server.port, certs)
+    c = EchoClient(grpc_app.channel(port, authority))
+    try:
+        assert c.unary(b"over mtls", timeout=10) == b"over mtls"
+    finally:
+        c.close()
+
+    def counter(r, name):
+        for line in r.admin_get("/stats/prometheus").body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+    assert counter(a, 'remora_tls_handshakes_total{direction="upstream"}') >= 1
+    assert counter(b, 'remora_tls_handshakes_total{direction="downstream"}') >= 1
+    direct = EchoClient(grpc_app.channel(b.inbound, "greeter"))
+    try:
+        e = rpc_error(direct.unary, b"plaintext", timeout=5)
+        assert e.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        direct.close()
+    assert grpc_server.call_count("Unary") == 1
