@@ -1131,7 +1131,9 @@ void h2_conn_closing(conn_t *c)
                 continue;
             if (st->cluster)
                 RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_RESET]);
-            if (!st->resp_started)
+            if (!st->resp_started && c->fail_reason)
+                stream_fail(d, c->fail_status, c->fail_reason);
+            else if (!st->resp_started)
                 stream_fail(d, 502, never ? "connect-failure" : "upstream-reset");
             else
                 conn_close(d);

@@ -109,6 +109,8 @@ struct conn {
     size_t out_off;    /* bytes of out already framed into DATA */
     uint32_t unacked;  /* request DATA bytes not yet handed back to the flow-control window */
     uint32_t rst_code; /* the RST_STREAM code to reset the stream with, 0: INTERNAL_ERROR */
+    int fail_status;   /* upstream: why it failed, for the streams it carried */
+    const char *fail_reason;
     char client_ip[INET6_ADDRSTRLEN];
 };
 

@@ -1531,6 +1531,8 @@ void stream_fail(conn_t *d, int status, const char *reason)
 /* The upstream connection u failed: answer its stream's client, and close u. */
 static void up_fail(conn_t *u, int status, const char *reason)
 {
+    u->fail_status = status; /* for the streams of an HTTP/2 connection */
+    u->fail_reason = reason;
     conn_t *d = u->peer;
     u->peer = NULL;
     if (d) {

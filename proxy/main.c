@@ -273,6 +273,7 @@ int main(int argc, char **argv)
     if (!m.config_path) {
         if ((tls_cert != NULL) != (tls_key != NULL) || (tls_ca && !tls_cert)) {
             fprintf(stderr, "remora: --tls-cert and --tls-key go together (--tls-ca with them)\n");
+            rmr_config_unref(cfg);
             return 2;
         }
         cfg->tls_cert = tls_cert;
@@ -285,11 +286,13 @@ int main(int argc, char **argv)
     } else if (tls_cert || tls_key || tls_ca || up_h2) {
         fprintf(stderr, "remora: --tls-* and --upstream-proto are for one-route mode; with "
                         "--config, write them in the config\n");
+        rmr_config_unref(cfg);
         return 2;
     }
     char terr[512];
     if (rmr_tls_setup(cfg, terr, sizeof(terr)) < 0) {
         fprintf(stderr, "remora: %s\n", terr);
+        rmr_config_unref(cfg);
         return 2;
     }
     rmr_tls_identities(cfg);

@@ -102,7 +102,7 @@ struct worker {
     uint64_t config_gen;
     size_t n_listeners;
     listener_t *listeners;
-    list_t conns; /* all downstream connections */
+    list_t conns;   /* all downstream connections */
     list_t h2dirty; /* HTTP/2 connections with frames to send, flushed at the end of the turn */
     uint32_t nconns;
     int draining;

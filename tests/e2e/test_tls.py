@@ -633,11 +633,13 @@ def test_service_identities_accept_another_identity(make_remora, make_upstream, 
     assert resp.status == 200 and resp.json()["server"] == "app"
 
 
+@pytest.mark.parametrize("protocol", [None, "http2"])
 @pytest.mark.parametrize("served", ["rogue", "expired", "noid"])
-def test_upstream_bad_server_certificate_gives_502(make_remora, certs, served):
+def test_upstream_bad_server_certificate_gives_502(make_remora, certs, served, protocol):
     rec = TLSRecorder(certs / (served + ".pem"), certs / (served + ".key")).start()
     try:
-        svc = service("checkout", [rec.port], tls={"mode": "mutual"})
+        extra = {"protocol": protocol} if protocol else {}
+        svc = service("checkout", [rec.port], tls={"mode": "mutual"}, **extra)
         caller = start_sidecar(make_remora, free_port(), certs, name="client", services=[svc])
         resp = rawhttp.get(caller.outbound, "/bad-server-cert", host="checkout")
         assert resp.status == 502, resp
@@ -670,7 +672,8 @@ def test_callee_refusing_the_caller_gives_502(make_remora, make_upstream, certs,
         assert resp.header("x-remora-error") == "tls-failure", (resp, caller.stderr_tail())
 
 
-def test_tls_toward_a_plaintext_upstream_gives_502_tls_failure(make_remora, certs):
+@pytest.mark.parametrize("protocol", [None, "http2"])
+def test_tls_toward_a_plaintext_upstream_gives_502_tls_failure(make_remora, certs, protocol):
     """The endpoint speaks plain HTTP: it reads the ClientHello and answers an HTTP 400, as a
     web server does on its plaintext port."""
     lsock = socket.socket()
@@ -692,7 +695,8 @@ def test_tls_toward_a_plaintext_upstream_gives_502_tls_failure(make_remora, cert
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        svc = service("checkout", [lsock.getsockname()[1]], tls={"mode": "mutual"})
+        extra = {"protocol": protocol} if protocol else {}
+        svc = service("checkout", [lsock.getsockname()[1]], tls={"mode": "mutual"}, **extra)
         caller = start_sidecar(make_remora, free_port(), certs, name="client", services=[svc])
         resp = rawhttp.get(caller.outbound, "/plain-upstream", host="checkout")
         assert resp.status == 502, resp
@@ -732,6 +736,26 @@ def test_outbound_tls_origination(make_remora, certs, svc_tls, protocol, sni, al
             assert resp.json()["path"] == "/orig"
             assert got["first"].startswith(b"GET /orig HTTP/1.1\r\n")
             assert handshakes(caller, "upstream") == 1
+    finally:
+        rec.stop()
+
+
+@pytest.mark.parametrize("protocol", [None, "http2"])
+def test_no_request_bytes_reach_a_server_with_the_wrong_identity(make_remora, certs, protocol):
+    """The server's certificate verifies (same CA) but names ledger, not checkout: the caller
+    refuses it before any byte of the request leaves."""
+    rec = TLSRecorder(certs / "ledger.pem", certs / "ledger.key", ca=certs / "ca.pem").start()
+    try:
+        extra = {"protocol": protocol} if protocol else {}
+        svc = service("checkout", [rec.port], tls={"mode": "mutual"}, **extra)
+        caller = start_sidecar(make_remora, free_port(), certs, name="client", services=[svc])
+        resp = rawhttp.get(caller.outbound, "/secret?token=42", host="checkout",
+                           headers=[("Authorization", "Bearer secret")])
+        assert resp.status == 502, resp
+        assert harness.wait_until(lambda: rec.log and rec.log[0]["done"], 5), rec.log
+        assert [e["first"] for e in rec.log] == [b""] * len(rec.log), rec.log
+        errors_only(caller, identity=len(rec.log))
+        assert resp.header("x-remora-error") == "tls-failure", resp
     finally:
         rec.stop()
 

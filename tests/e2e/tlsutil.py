@@ -236,7 +236,7 @@ class TLSRecorder:
             return
         rec = {"sni": self._sni.name, "alpn": s.selected_alpn_protocol(), "version": s.version(),
                "peer": peer_uri(s) if s.getpeercert() else None,
-               "resumed": s.session_reused, "first": b""}
+               "resumed": s.session_reused, "first": b"", "done": False}
         with self.lock:
             self.log.append(rec)
         try:
@@ -260,10 +260,11 @@ class TLSRecorder:
                 out = json.dumps(echo).encode()
                 s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                           b"Content-Length: %d\r\n\r\n" % len(out) + out)
-        except (OSError, ssl.SSLError) as e:
+        except (OSError, ProtocolError) as e:
             with self.lock:
                 self.errors.append(repr(e))
         finally:
+            rec["done"] = True
             try:
                 s.close()
             except OSError:
