@@ -260,7 +260,8 @@ def test_deadline_reaches_the_app(route, echo):
 
     route.state.begin = spy
     assert echo.unary(b"x", timeout=5) == b"x"
-    assert seen and seen[0] is not None and 0 < seen[0] <= 5
+    # the deadline arrived (not the 15 s route default); its exact value depends on timing
+    assert seen and seen[0] is not None and 0 < seen[0] < 6
 
 
 def test_cancellation_reaches_the_app(route, echo):
