@@ -268,6 +268,10 @@ static void request_head_done(conn_t *d, int end_stream)
         m->err_reason = "method-not-allowed";
     }
     st->head_req = !strcmp(st->method, "HEAD");
+    for (uint32_t i = 0; i < m->nhdrs; i++) /* so that refusals below answer gRPC callers in gRPC */
+        if (h1_span_eq(m, m->hdrs[i].name, "content-type") && m->hdrs[i].value.len >= 16 &&
+            !strncasecmp(h1_str(m, m->hdrs[i].value), "application/grpc", 16))
+            st->grpc = 1;
     if (end_stream) {
         st->req_out = FRAME_NONE;
     } else {
@@ -366,7 +370,8 @@ static int down_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const
     }
     d->unacked += (uint32_t)len;
     req_body_out(d, (const char *)data, len);
-    if (!d->closing) {
+    /* a failure on the way may have closed and freed d (its stream data is then cleared) */
+    if (nghttp2_session_get_stream_user_data(s, sid) == d) {
         if (d->peer && d->peer->state != U_CONNECTING)
             conn_flush(d->peer);
         down_ack(d);
