@@ -12,6 +12,8 @@
 #include "remora/loop.h"
 
 #define CQE_BATCH 256
+#define BATCH_FROM 8 /* completions in a turn from which the next wait batches */
+#define BATCH_MAX 32 /* completions the batched wait asks for, at most */
 
 uint64_t rmr_clock_ms(void)
 {
@@ -318,12 +320,21 @@ void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms)
         ts.tv_nsec = (long long)(wait % 1000) * 1000000;
         tsp = &ts;
     }
-    /* The one syscall of the turn: submit what the last turn queued, wait for a completion
+    unsigned want = 1;
+    if (loop->batch_wait_us && loop->last_reaped >= BATCH_FROM &&
+        (uint64_t)loop->batch_wait_us < wait * 1000) {
+        want = loop->last_reaped / 2 < BATCH_MAX ? loop->last_reaped / 2 : BATCH_MAX;
+        ts.tv_sec = 0;
+        ts.tv_nsec = (long long)loop->batch_wait_us * 1000;
+        tsp = &ts;
+    }
+    /* The one syscall of the turn: submit what the last turn queued, wait for completions
      * or the nearest timer. */
     struct io_uring_cqe *cqe;
-    int ret = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, tsp, NULL);
+    int ret = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, want, tsp, NULL);
     (void)ret; /* -ETIME and -EINTR only mean there may be nothing to reap */
     loop->now_ms = rmr_clock_ms();
+    loop->last_reaped = 0;
     for (;;) {
         unsigned head, n = 0, walked = 0;
         io_uring_for_each_cqe(&loop->ring, head, cqe)
@@ -342,6 +353,7 @@ void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms)
             break;
         loop->turns++;
         loop->cqes += walked;
+        loop->last_reaped += walked;
         /* Advance first, then dispatch: callbacks may queue new SQEs and never see a CQE
          * twice. */
         io_uring_cq_advance(&loop->ring, walked);

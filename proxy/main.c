@@ -64,6 +64,8 @@ static void usage(FILE *f)
                "      --tls-key FILE    its private key\n"
                "      --tls-ca FILE     require client certificates that chain to this bundle\n"
                "      --upstream-proto P  http1 (default) or http2 (h2c) toward --upstream\n"
+               "      --batch-wait-us N  under load, how long a worker may wait to gather\n"
+               "                        completions into one turn (default 200, 0 = off)\n"
                "  -v, --verbose         debug logging\n"
                "  -V, --version         print the version\n");
 }
@@ -185,6 +187,7 @@ int main(int argc, char **argv)
         {"tls-key", required_argument, NULL, 'K'},
         {"tls-ca", required_argument, NULL, 'A'},
         {"upstream-proto", required_argument, NULL, 'P'},
+        {"batch-wait-us", required_argument, NULL, 'B'},
         {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
@@ -227,6 +230,16 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'B': {
+            char *end;
+            long us = strtol(optarg, &end, 10);
+            if (*end || end == optarg || us < 0 || us > 10000) {
+                fprintf(stderr, "remora: --batch-wait-us: expected 0..10000, got \"%s\"\n", optarg);
+                return 2;
+            }
+            rmr_g.batch_wait_us = (uint32_t)us;
+            break;
+        }
         case 'v':
             rmr_log_level = RMR_LOG_DEBUG;
             break;

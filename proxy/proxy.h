@@ -132,6 +132,7 @@ typedef struct remora {
     rmr_config_t *config; /* current snapshot; under config_lock */
     uint64_t config_gen;  /* bumped on each swap; read by workers each turn */
     int draining;
+    uint32_t batch_wait_us; /* --batch-wait-us: see rmr_loop_t.batch_wait_us */
 } remora_t;
 
 extern remora_t rmr_g;

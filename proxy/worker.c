@@ -13,7 +13,7 @@
 #include "remora/log.h"
 #include "proxy.h"
 
-remora_t rmr_g = {.config_lock = PTHREAD_MUTEX_INITIALIZER};
+remora_t rmr_g = {.config_lock = PTHREAD_MUTEX_INITIALIZER, .batch_wait_us = 200};
 rmr_loop_t *rmr_main_loop;
 
 view_t *view_get(view_t *v)
@@ -254,6 +254,7 @@ static void *worker_main(void *arg)
         return NULL;
     }
     w->loop.data = w;
+    w->loop.batch_wait_us = rmr_g.batch_wait_us;
     w->loop.on_wake = worker_wake;
     w->loop.before_wait = worker_before_wait;
     pthread_mutex_lock(&rmr_g.config_lock);

@@ -57,6 +57,13 @@ struct rmr_loop {
     /* Runs at the end of every turn, before the next wait: for work batched over a turn. */
     void (*before_wait)(rmr_loop_t *loop);
     int stop;
+    /* Batching under load: after a turn that reaped many completions, the next wait asks the
+     * kernel for a share of that many, for at most batch_wait_us, so that each turn carries
+     * more work and the peers get fewer, fuller writes and fewer wake-ups. After a turn that
+     * reaped a few, the wait is for one completion, as ever, so a quiet worker's latency is
+     * untouched. 0 turns it off. */
+    uint32_t batch_wait_us;
+    unsigned last_reaped; /* completions reaped by the last turn */
     uint64_t turns, cqes; /* turns that reaped something, and what they reaped */
     unsigned features;    /* RMR_LOOP_F_* */
     void *data;
