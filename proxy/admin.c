@@ -128,7 +128,7 @@ static void handle(admin_conn_t *a)
     } else if (!strcmp(path, "/stats")) {
         respond(a, 200, "application/json", rmr_stats_render_json(nw));
     } else if (!strcmp(path, "/stats/prometheus")) {
-        respond(a, 200, "text/plain; version=0.0.4", rmr_stats_render_prometheus(nw));
+        respond(a, 200, "text/plain; version=0.0.4", admin_render_prometheus(nw));
     } else if (!strcmp(path, "/config")) {
         pthread_mutex_lock(&rmr_g.config_lock);
         char *j = rmr_config_to_json(rmr_g.config);
@@ -236,6 +236,69 @@ int admin_start(rmr_loop_t *loop, const rmr_addr_t *addr)
     return 0;
 }
 
+static void idem_metrics(const char *name, rmr_idem_t *s, void *arg)
+{
+    rmr_buf_t *b = arg;
+    rmr_idem_stats_t st;
+    rmr_idem_get_stats(s, &st);
+    /* the store belongs to the inbound service "inbound|x": label it with x */
+    const char *svc = !strncmp(name, "inbound|", 8) ? name + 8 : name;
+    rmr_buf_printf(b,
+                   "remora_idempotency_entries{service=\"%s\"} %lu\n"
+                   "remora_idempotency_in_flight{service=\"%s\"} %lu\n"
+                   "remora_idempotency_stored_total{service=\"%s\"} %lu\n"
+                   "remora_idempotency_replays_total{service=\"%s\"} %lu\n"
+                   "remora_idempotency_conflicts_total{service=\"%s\"} %lu\n"
+                   "remora_idempotency_mismatches_total{service=\"%s\"} %lu\n"
+                   "remora_idempotency_evictions_total{service=\"%s\"} %lu\n"
+                   "remora_idempotency_expired_total{service=\"%s\"} %lu\n",
+                   svc, st.entries, svc, st.in_flight, svc, st.stored, svc, st.replays, svc,
+                   st.conflicts, svc, st.mismatches, svc, st.evictions, svc, st.expired);
+}
+
+/* The data plane's metrics, then those of the filters' shared state. */
+char *admin_render_prometheus(unsigned nw)
+{
+    char *base = rmr_stats_render_prometheus(nw);
+    if (!base)
+        return NULL;
+    rmr_buf_t b = {0};
+    rmr_buf_str(&b, base);
+    free(base);
+    pthread_mutex_lock(&rmr_g.config_lock);
+    rmr_config_t *cfg = rmr_config_ref(rmr_g.config);
+    pthread_mutex_unlock(&rmr_g.config_lock);
+    rmr_buf_str(&b, "# HELP remora_outlier_ejections_total Endpoints ejected by outlier detection, "
+                    "by reason.\n# TYPE remora_outlier_ejections_total counter\n");
+    for (size_t i = 0; i < cfg->n_services; i++) {
+        rmr_breaker_stats_t bs;
+        rmr_breaker_t *br = rmr_breaker_get(cfg->services[i].name);
+        if (!br)
+            continue;
+        rmr_breaker_get_stats(br, &bs);
+        const char *n = cfg->services[i].name;
+        rmr_buf_printf(&b,
+                       "remora_outlier_ejections_total{service=\"%s\",reason=\"consecutive-"
+                       "failures\"} %lu\n"
+                       "remora_outlier_ejections_total{service=\"%s\",reason=\"latency\"} %lu\n"
+                       "remora_outlier_ejections_refused_total{service=\"%s\"} %lu\n"
+                       "remora_outlier_readmissions_total{service=\"%s\"} %lu\n"
+                       "remora_outlier_ejected{service=\"%s\"} %u\n",
+                       n, bs.ejections_failures, n, bs.ejections_latency, n, bs.ejections_refused,
+                       n, bs.readmissions, n, bs.ejected_now);
+    }
+    rmr_config_unref(cfg);
+    rmr_buf_str(&b, "# HELP remora_idempotency_replays_total Repeats answered from the "
+                    "idempotency store.\n# TYPE remora_idempotency_replays_total counter\n");
+    filters_idem_each(idem_metrics, &b);
+    rmr_buf_append(&b, "", 1);
+    if (b.oom) {
+        rmr_buf_free(&b);
+        return NULL;
+    }
+    return b.data;
+}
+
 char *admin_render_clusters(unsigned nw)
 {
     rmr_buf_t b = {0};
@@ -254,6 +317,19 @@ char *admin_render_clusters(unsigned nw)
             rmr_buf_str(&b, ",\"dns\":");
             rmr_buf_json_str(&b, sc->dns_name);
         }
+        rmr_breaker_t *br = rmr_breaker_get(sc->name);
+        if (br) {
+            /* outlier detection: each endpoint's state, ejections and recent history */
+            char tmp[1];
+            size_t need = rmr_breaker_render_json(br, tmp, sizeof(tmp), rmr_clock_ms());
+            char *j = malloc(need + 1);
+            if (j) {
+                rmr_breaker_render_json(br, j, need + 1, rmr_clock_ms());
+                rmr_buf_str(&b, ",\"outlier\":");
+                rmr_buf_str(&b, j);
+                free(j);
+            }
+        }
         rmr_buf_str(&b, ",\"endpoints\":[");
         for (size_t k = 0; k < sc->n_endpoints; k++) {
             const rmr_endpoint_conf_t *e = &sc->endpoints[k];
@@ -263,10 +339,13 @@ char *admin_render_clusters(unsigned nw)
                 rmr_stats_endpoint_sum(es, nw, &sum);
             rmr_buf_str(&b, k ? ",{\"address\":" : "{\"address\":");
             rmr_buf_json_str(&b, e->addr.text);
+            static const char *const states[] = {"healthy", "ejected", "half-open"};
+            int bi = br ? rmr_breaker_endpoint(br, e->addr.text) : -1;
+            rmr_ep_state_t es_ = bi >= 0 ? rmr_breaker_state(br, bi, rmr_clock_ms()) : 0;
             rmr_buf_printf(&b,
-                           ",\"state\":\"healthy\",\"active_requests\":%lu,\"requests\":%lu,"
+                           ",\"state\":\"%s\",\"active_requests\":%lu,\"requests\":%lu,"
                            "\"failures\":%lu,\"labels\":{",
-                           sum.active, sum.requests, sum.failures);
+                           states[es_ % 3], sum.active, sum.requests, sum.failures);
             for (size_t l = 0; l < e->n_labels; l++) {
                 if (l)
                     rmr_buf_str(&b, ",");

@@ -522,6 +522,12 @@ static int grpc_status_of(int status)
         return 8; /* RESOURCE_EXHAUSTED */
     case 405:
         return 12;
+    case 429:
+        return 8; /* RESOURCE_EXHAUSTED */
+    case 409:
+        return 10; /* ABORTED */
+    case 422:
+        return 9; /* FAILED_PRECONDITION */
     default:
         return 14; /* UNAVAILABLE */
     }
@@ -570,6 +576,10 @@ void h2_local_reply(conn_t *d, int status, const char *reason)
         NV("content-type", "text/plain", 10);
         NV("content-length", lbuf, (size_t)n);
         NV("x-remora-error", reason, strlen(reason));
+        char rabuf[16];
+        if (st->retry_after_s)
+            NV("retry-after", rabuf,
+               (size_t)snprintf(rabuf, sizeof(rabuf), "%u", (unsigned)st->retry_after_s));
         nghttp2_data_provider prd = {.source.ptr = d, .read_callback = down_read};
         nghttp2_submit_response(d->parent->h2->s, d->sid, nv, k, st->head_req ? NULL : &prd);
     }

@@ -70,9 +70,26 @@ typedef struct stream {
     int32_t u2sid;
     rmr_buf_t *reqbody; /* request body not yet taken by the upstream session */
     size_t reqbody_off;
+    /* filters: retries */
+    int route;              /* index of the route in the view, -1: none */
+    uint32_t attempt;       /* tries so far, the current one included */
+    uint64_t try_start_us;  /* when the current try was sent */
+    rmr_timer_t try_timer;  /* per-try timeout, then the backoff before the next try */
+    rmr_buf_t *replay;      /* the request body so far, kept to send again (malloc'd) */
+    endpoint_t *last_ep;    /* the endpoint of the failed try: the next one avoids it */
+    char idem_gen[48];      /* an Idempotency-Key value remora added ("" none) */
+    uint32_t retry_after_s; /* Retry-After of a local 429 */
+    /* filters: inbound de-duplication */
+    char *idem_key;                 /* the request's key (malloc'd), while the store holds it */
+    uint64_t idem_fp;               /* hash of method and target */
+    uint64_t body_hash;             /* of the request body so far */
+    rmr_idem_entry_t *idem_hit;     /* a stored response to answer with once the body is read */
+    rmr_buf_t *cap_head, *cap_body; /* the response as the store will keep it (malloc'd) */
     unsigned req_done : 1, resp_started : 1, resp_done : 1, head_req : 1, upgrade : 1,
         keepalive : 1, replayable : 1, retried : 1, tunnel_ok : 1, has_cl : 1, client11 : 1,
-        grpc : 1, trailers : 1, u2_open : 1, resp_eof : 1, resp_has_cl : 1, resp_nobody : 1;
+        grpc : 1, trailers : 1, u2_open : 1, resp_eof : 1, resp_has_cl : 1, resp_nobody : 1,
+        keep_body : 1, replay_over : 1, retry_wait : 1, retry_status : 1, held_req : 1,
+        held_retry : 1, budget_req : 1, probe : 1, idem_new : 1, cap_over : 1, has_idem_key : 1;
 } stream_t;
 
 struct conn {
@@ -109,7 +126,9 @@ struct conn {
     size_t out_off;    /* bytes of out already framed into DATA */
     uint32_t unacked;  /* request DATA bytes not yet handed back to the flow-control window */
     uint32_t rst_code; /* the RST_STREAM code to reset the stream with, 0: INTERNAL_ERROR */
-    int fail_status;   /* upstream: why it failed, for the streams it carried */
+    rmr_breaker_t *cx_breaker; /* upstream: counted in this breaker's connections */
+    unsigned held_pending : 1; /* ... and in its pending requests, until connected */
+    int fail_status;           /* upstream: why it failed, for the streams it carried */
     const char *fail_reason;
     char client_ip[INET6_ADDRSTRLEN];
 };

@@ -17,11 +17,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 #include <unistd.h>
 
 #include "remora/log.h"
 #include "http.h"
+#include "remora/v1/mesh.pb-c.h"
 #include "tls.h"
 
 static llhttp_settings_t req_settings, resp_settings;
@@ -33,6 +35,9 @@ static void stream_dispatch(conn_t *d);
 static void up_fail(conn_t *u, int status, const char *reason);
 static void deliver_eof(conn_t *c, int res);
 static void tls_refused(conn_t *d, const char *kind, const char *why);
+static void on_try_timer(rmr_loop_t *loop, rmr_timer_t *t);
+static void idem_release(stream_t *st);
+static int try_again(conn_t *d, rmr_attempt_kind_t k, int status, int64_t retry_after_ms);
 
 /* ---- buffers ---- */
 
@@ -113,6 +118,23 @@ void stream_free(conn_t *d)
         h2_up_cancel(st);
     wbuf_put(d->w, st->reqbody);
     st->reqbody = NULL;
+    rmr_timer_stop(&d->w->loop, &st->try_timer);
+    if (st->replay) {
+        rmr_buf_free(st->replay);
+        free(st->replay);
+        st->replay = NULL;
+    }
+    if (st->cluster) {
+        if (st->held_req)
+            rmr_breaker_release(st->cluster->breaker, RMR_LIM_REQUESTS);
+        if (st->held_retry) {
+            rmr_breaker_release(st->cluster->breaker, RMR_LIM_RETRIES);
+            rmr_budget_retry_end(st->cluster->budget);
+        }
+        if (st->budget_req)
+            rmr_budget_request_end(st->cluster->budget);
+    }
+    idem_release(st);
     if (st->ep && st->ep->active) {
         st->ep->active--;
         RMR_STAT_DEC(st->ep->stats->active);
@@ -160,6 +182,11 @@ static void conn_free(conn_t *c)
     wbuf_put(c->w, c->stash);
     if (c->kind == CONN_DOWN)
         stream_free(c);
+    if (c->cx_breaker) {
+        rmr_breaker_release(c->cx_breaker, RMR_LIM_CONNECTIONS);
+        if (c->held_pending)
+            rmr_breaker_release(c->cx_breaker, RMR_LIM_PENDING);
+    }
     if (c->tls)
         tls_free(c->tls);
     c->w->nalloc--;
@@ -581,8 +608,14 @@ static const char *status_text(int status)
         return "Method Not Allowed";
     case 408:
         return "Request Timeout";
+    case 409:
+        return "Conflict";
     case 413:
         return "Content Too Large";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
     case 431:
         return "Request Header Fields Too Large";
     case 500:
@@ -618,6 +651,15 @@ const char *reason_text(const char *reason)
         {"out-of-memory", "the proxy is out of memory"},
         {"draining", "the proxy is shutting down"},
         {"tls-failure", "the TLS handshake with the upstream failed"},
+        {"rate-limited", "the route's rate limit is exceeded; retry later"},
+        {"overflow-requests", "the service has too many requests in flight"},
+        {"overflow-pending", "the service has too many requests waiting for a connection"},
+        {"overflow-connections", "the service has too many connections"},
+        {"no-healthy-endpoint", "every endpoint of the service is ejected"},
+        {"idempotency-key-malformed", "the Idempotency-Key is not a valid string"},
+        {"idempotency-key-in-flight", "a request with this Idempotency-Key is in progress"},
+        {"idempotency-key-mismatch", "this Idempotency-Key was used for another request"},
+        {"idempotency-store-full", "too many requests with an Idempotency-Key are in progress"},
     };
     for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
         if (!strcmp(texts[i].reason, reason))
@@ -642,10 +684,13 @@ void local_reply(conn_t *d, int status, const char *reason, int keep)
         conn_close(d);
         return;
     }
+    char ra[32] = "";
+    if (d->st && d->st->retry_after_s)
+        snprintf(ra, sizeof(ra), "retry-after: %u\r\n", (unsigned)d->st->retry_after_s);
     rmr_buf_printf(b,
                    "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                   "x-remora-error: %s\r\n%s\r\nremora: %s\n",
-                   status, status_text(status), n, reason, keep ? "" : "connection: close\r\n",
+                   "x-remora-error: %s\r\n%s%s\r\nremora: %s\n",
+                   status, status_text(status), n, reason, ra, keep ? "" : "connection: close\r\n",
                    text);
     RMR_STAT_INC(rmr_wstats[d->w->id].local_replies[status / 100]);
     if (status == 400)
@@ -793,6 +838,8 @@ stream_t *stream_new(conn_t *d)
     st->view = view_get(w->view);
     st->keepalive = 1;
     st->d = d;
+    st->route = -1;
+    st->try_timer.cb = on_try_timer;
     list_init(&st->u2link);
     return st;
 }
@@ -877,7 +924,7 @@ static void req_authority(const stream_t *st, const char **host, size_t *hlen, c
 }
 
 static ssize_t route_request(conn_t *d, const char *host, size_t hlen, const char *path,
-                             size_t plen, uint32_t *timeout_ms)
+                             size_t plen, uint32_t *timeout_ms, int *route)
 {
     const rmr_config_t *cfg = d->st->view->config;
     /* The listener as the request's snapshot sees it: a reload may have moved the index of
@@ -920,11 +967,51 @@ static ssize_t route_request(conn_t *d, const char *host, size_t hlen, const cha
         }
         if (r->timeout_ms)
             *timeout_ms = r->timeout_ms;
+        *route = (int)i;
         return (ssize_t)r->service;
     }
     if (host)
         return rmr_config_service(cfg, host, hlen);
     return -1;
+}
+
+#define RETRY_BODY_MAX (64 * 1024) /* request body kept to send again on a retry */
+
+static int find_header(const h1_msg_t *m, const char *lname)
+{
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        if (!m->hdrs[i].dropped && h1_span_eq(m, m->hdrs[i].name, lname))
+            return (int)i;
+    return -1;
+}
+
+static uint64_t span_u64(const h1_msg_t *m, h1_span_t v)
+{
+    const char *p = h1_str(m, v);
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < v.len && p[i] >= '0' && p[i] <= '9' && n < UINT32_MAX; i++)
+        n = n * 10 + (uint64_t)(p[i] - '0');
+    return n;
+}
+
+static uint64_t w_rand(worker_t *w)
+{
+    uint64_t x = w->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static const route_rt_t *stream_rt(const stream_t *st)
+{
+    return st->route >= 0 && st->view->routes ? &st->view->routes[st->route] : NULL;
+}
+
+static uint64_t deadline_ms(const stream_t *st)
+{
+    return st->start_us / 1000 + st->timeout_ms;
 }
 
 static void emit_headers(rmr_buf_t *b, const h1_msg_t *m, int skip_host)
@@ -980,7 +1067,20 @@ static void build_upstream_head(conn_t *d, rmr_buf_t *b)
             rmr_buf_append(b, ", ", 2);
         }
     rmr_buf_str(b, d->client_ip);
-    rmr_buf_str(b, "\r\n\r\n");
+    rmr_buf_str(b, "\r\n");
+    if (st->idem_gen[0]) {
+        rmr_buf_str(b, "idempotency-key: ");
+        rmr_buf_str(b, st->idem_gen);
+        rmr_buf_str(b, "\r\n");
+    }
+    if (st->route >= 0) {
+        /* the route's deadline, for the callee's sidecar (and app) to stop in time */
+        uint64_t dl = deadline_ms(st), now = d->w->loop.now_ms;
+        if (find_header(m, "x-remora-deadline-ms") < 0)
+            rmr_buf_printf(b, "x-remora-deadline-ms: %lu\r\n",
+                           (unsigned long)(dl > now ? dl - now : 1));
+    }
+    rmr_buf_str(b, "\r\n");
 }
 
 void client_ip_fill(conn_t *d)
@@ -1055,6 +1155,333 @@ static uint32_t grpc_timeout_ms(const h1_msg_t *m)
  * The request head of d's stream is complete and analysed (HTTP/1 or HTTP/2): route it and
  * dispatch it. On no route, st->req.err_status is 404 and the caller answers.
  */
+
+/* ---- filters on the request path (filters/ holds the state and the rules) ---- */
+
+/* The outcome of the current try, for outlier detection; once per try. */
+static void try_report(stream_t *st, rmr_outcome_t o)
+{
+    if (!st->try_start_us)
+        return;
+    uint64_t us = rmr_clock_us() - st->try_start_us;
+    st->try_start_us = 0;
+    if (st->ep && st->cluster && st->cluster->outlier)
+        rmr_breaker_report(st->cluster->breaker, st->ep->bidx, o, us, st->probe,
+                           st->d->w->loop.now_ms);
+    st->probe = 0;
+}
+
+/* Leaves the upstream of the current try without reusing it. */
+static void try_detach(conn_t *d)
+{
+    stream_t *st = d->st;
+    if (d->peer) {
+        conn_t *u = d->peer;
+        d->peer = NULL;
+        u->peer = NULL;
+        up_release(u, 0);
+    }
+    if (st->u2)
+        h2_up_cancel(st);
+}
+
+/*
+ * The current try of d's stream failed: k (with the status for RMR_ATT_STATUS). Returns 1 when
+ * the route's retry policy, the method, the body kept, the deadline, max_retries and the retry
+ * budget all allow another try, which is then scheduled after the backoff; the caller leaves
+ * the upstream and answers nothing. 0: the caller answers as without retries.
+ */
+static int try_again(conn_t *d, rmr_attempt_kind_t k, int status, int64_t retry_after_ms)
+{
+    stream_t *st = d->st;
+    worker_t *w = d->w;
+    if (!st || !st->cluster || st->resp_started || st->resp_done || st->upgrade || st->retry_wait)
+        return 0;
+    const route_rt_t *rt = stream_rt(st);
+    if (!rt || st->attempt >= rt->retry.attempts)
+        return 0;
+    const char *why = rmr_retry_should(&rt->retry, k, status);
+    if (!why)
+        return 0;
+    /* After a connect failure or a refused stream the app never saw the request; otherwise it
+     * may have, and only an idempotent request (or one the callee de-duplicates) is safe. */
+    int maybe_seen = k != RMR_ATT_CONNECT_FAILURE && k != RMR_ATT_REFUSED_STREAM;
+    if (maybe_seen && !rmr_method_idempotent(st->method, strlen(st->method)) &&
+        (rt->retry.non_idempotent == RMR_NONIDEM_NEVER ||
+         (rt->retry.non_idempotent == RMR_NONIDEM_WITH_KEY && !st->has_idem_key)))
+        return 0;
+    if (st->replay_over)
+        return 0; /* the body that left is not kept */
+    uint64_t wait = rmr_backoff_ms(&rt->retry, st->attempt, w_rand(w));
+    if (retry_after_ms > 0 && (uint64_t)retry_after_ms > wait)
+        wait = (uint64_t)retry_after_ms;
+    if (w->loop.now_ms + wait >= deadline_ms(st))
+        return 0;
+    rmr_breaker_t *b = st->cluster->breaker;
+    if (st->held_retry) {
+        rmr_breaker_release(b, RMR_LIM_RETRIES);
+        rmr_budget_retry_end(st->cluster->budget);
+        st->held_retry = 0;
+    }
+    if (!rmr_breaker_acquire(b, RMR_LIM_RETRIES)) {
+        RMR_STAT_INC(st->cluster->stats->overflows[RMR_LIM_RETRIES]);
+        RMR_STAT_INC(st->cluster->stats->retries_refused);
+        return 0;
+    }
+    if (!rmr_budget_retry_begin(st->cluster->budget, rt->retry.budget_percent,
+                                rt->retry.budget_min_per_s, w->loop.now_ms)) {
+        rmr_breaker_release(b, RMR_LIM_RETRIES);
+        RMR_STAT_INC(st->cluster->stats->retries_refused);
+        return 0;
+    }
+    st->held_retry = 1;
+    RMR_STAT_INC(st->cluster->stats->retries[rmr_retry_reason_of(why)]);
+    RMR_DEBUG("retry %u of %s %s to %s: %s, in %lu ms", st->attempt, st->method,
+              st->cluster->conf->name, st->ep ? st->ep->conf->addr.text : "-", why,
+              (unsigned long)wait);
+    st->last_ep = st->ep;
+    st->retry_wait = 1;
+    rmr_timer_set(&w->loop, &st->try_timer, wait);
+    return 1;
+}
+
+/* The per-try timeout, or the end of the backoff before the next try. */
+static void on_try_timer(rmr_loop_t *loop, rmr_timer_t *t)
+{
+    stream_t *st = (stream_t *)((char *)t - offsetof(stream_t, try_timer));
+    conn_t *d = st->d;
+    (void)loop;
+    if (st->resp_started || st->resp_done || d->st != st)
+        return;
+    if (st->retry_wait) {
+        st->retry_wait = 0;
+        stream_dispatch(d);
+        return;
+    }
+    RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_TIMEOUT]);
+    try_report(st, RMR_OUT_TIMEOUT);
+    if (try_again(d, RMR_ATT_PER_TRY_TIMEOUT, 0, 0)) {
+        try_detach(d);
+        return;
+    }
+    stream_fail(d, 504, "upstream-timeout");
+}
+
+/* ---- inbound de-duplication by Idempotency-Key ---- */
+
+static void idem_release(stream_t *st)
+{
+    if (st->idem_key && st->idem_new && st->cluster && st->cluster->idem)
+        rmr_idem_abort(st->cluster->idem, st->idem_key, strlen(st->idem_key));
+    st->idem_new = 0;
+    free(st->idem_key);
+    st->idem_key = NULL;
+    if (st->idem_hit)
+        rmr_idem_entry_unref(st->idem_hit);
+    st->idem_hit = NULL;
+    rmr_buf_t *bufs[2] = {st->cap_head, st->cap_body};
+    for (int i = 0; i < 2; i++)
+        if (bufs[i]) {
+            rmr_buf_free(bufs[i]);
+            free(bufs[i]);
+        }
+    st->cap_head = st->cap_body = NULL;
+}
+
+/* Answers d's stream with the stored response of its key (the request body was read). */
+static void idem_replay(conn_t *d)
+{
+    stream_t *st = d->st;
+    rmr_idem_entry_t *e = st->idem_hit;
+    st->idem_hit = NULL;
+    if (!rmr_idem_entry_matches_body(st->cluster->idem, e, st->body_hash)) {
+        rmr_idem_entry_unref(e);
+        stream_fail(d, 422, "idempotency-key-mismatch");
+        return;
+    }
+    /* The stored head becomes the response message, as if the app had sent it again. */
+    h1_msg_t *m = &st->resp;
+    h1_msg_reset(m);
+    size_t hl, bl;
+    const char *h = rmr_idem_entry_head(e, &hl), *end = h + hl;
+    while (h < end) {
+        const char *eol = memchr(h, '\n', (size_t)(end - h));
+        const char *colon = memchr(h, ':', (size_t)((eol ? eol : end) - h));
+        size_t ll = (size_t)((eol ? eol : end) - h);
+        if (colon) {
+            const char *v = colon + 1;
+            while (v < h + ll && *v == ' ')
+                v++;
+            size_t vl = (size_t)(h + ll - v);
+            while (vl && (v[vl - 1] == '\r' || v[vl - 1] == ' '))
+                vl--;
+            h1_msg_add(m, h, (size_t)(colon - h), v, vl);
+        }
+        h = eol ? eol + 1 : end;
+    }
+    const char *body = rmr_idem_entry_body(e, &bl);
+    h1_msg_add(m, "x-remora-idempotent-replay", 26,
+               rmr_idem_entry_body_kept(e) ? "1" : "1; body-not-kept",
+               rmr_idem_entry_body_kept(e) ? 1 : 16);
+    int status = rmr_idem_entry_status(e);
+    resp_head_out(d, m, status, 1, bl, 0);
+    if (bl && !st->head_req)
+        resp_body_out(d, body, bl);
+    resp_end_out(d);
+    rmr_idem_entry_unref(e);
+    conn_flush(d);
+}
+
+/*
+ * A request to a service with idempotency on: 0 to go on to the app, 1 when it was answered
+ * (or will be, once its body is read).
+ */
+static int idem_request(conn_t *d)
+{
+    stream_t *st = d->st;
+    h1_msg_t *m = &st->req;
+    int i = find_header(m, "idempotency-key");
+    if (i < 0)
+        return 0;
+    char key[256];
+    int kl =
+        rmr_idem_parse_key(h1_str(m, m->hdrs[i].value), m->hdrs[i].value.len, key, sizeof(key));
+    if (kl <= 0) {
+        stream_fail(d, 400, "idempotency-key-malformed");
+        return 1;
+    }
+    const char *host, *path, *full;
+    size_t hlen, plen, flen;
+    req_authority(st, &host, &hlen, &path, &plen, &full, &flen);
+    st->idem_fp = rmr_hash64(rmr_hash64(RMR_HASH_INIT, st->method, strlen(st->method)), path, plen);
+    st->body_hash = RMR_HASH_INIT;
+    rmr_idem_entry_t *e = NULL;
+    switch (
+        rmr_idem_begin(st->cluster->idem, key, (size_t)kl, st->idem_fp, d->w->loop.now_ms, &e)) {
+    case RMR_IDEM_NEW:
+        st->idem_key = strdup(key);
+        if (!st->idem_key) {
+            rmr_idem_abort(st->cluster->idem, key, (size_t)kl);
+            stream_fail(d, 503, "out-of-memory");
+            return 1;
+        }
+        st->idem_new = 1;
+        return 0;
+    case RMR_IDEM_IN_FLIGHT:
+        stream_fail(d, 409, "idempotency-key-in-flight");
+        return 1;
+    case RMR_IDEM_MISMATCH:
+        stream_fail(d, 422, "idempotency-key-mismatch");
+        return 1;
+    case RMR_IDEM_FULL:
+        stream_fail(d, 503, "idempotency-store-full");
+        return 1;
+    case RMR_IDEM_DONE:
+    default:
+        /* answered by req_end_out, once the body (to compare) is read */
+        st->idem_hit = e;
+        return 1;
+    }
+}
+
+/* Keeps what the store will hold of the response: its head now, its body as it passes. */
+static void idem_capture_head(stream_t *st, const h1_msg_t *m, int status)
+{
+    (void)status;
+    st->cap_head = calloc(1, sizeof(rmr_buf_t));
+    st->cap_body = calloc(1, sizeof(rmr_buf_t));
+    if (!st->cap_head || !st->cap_body) {
+        st->cap_over = 1;
+        return;
+    }
+    for (uint32_t i = 0; i < m->nhdrs; i++) {
+        const h1_hdr_t *h = &m->hdrs[i];
+        if (h->dropped || h->kind == H_CONTENT_LENGTH || h->kind == H_TRANSFER_ENCODING ||
+            h1_span_eq(m, h->name, "x-remora-idempotent-replay"))
+            continue;
+        rmr_buf_append(st->cap_head, h1_str(m, h->name), h->name.len);
+        rmr_buf_append(st->cap_head, ": ", 2);
+        rmr_buf_append(st->cap_head, h1_str(m, h->value), h->value.len);
+        rmr_buf_append(st->cap_head, "\r\n", 2);
+    }
+}
+
+static void idem_capture_body(stream_t *st, const char *at, size_t len, uint64_t max)
+{
+    if (!st->cap_body || st->cap_over)
+        return;
+    if (st->cap_body->len + len > max) {
+        st->cap_over = 1;
+        return;
+    }
+    rmr_buf_append(st->cap_body, at, len);
+}
+
+static uint64_t idem_max_body(const stream_t *st)
+{
+    const Remora__V1__Service *pb = st->cluster ? st->cluster->conf->pb : NULL;
+    uint64_t max = pb && pb->idempotency ? pb->idempotency->max_response_bytes : 0;
+    return max ? max : 65536;
+}
+
+/* The response of a NEW keyed request is complete: the store keeps it. */
+static void idem_finish(conn_t *d)
+{
+    stream_t *st = d->st;
+    if (!st->idem_new || !st->cluster || !st->cluster->idem)
+        return;
+    rmr_buf_t empty = {0};
+    rmr_buf_t *h = st->cap_head ? st->cap_head : &empty, *b = st->cap_body ? st->cap_body : &empty;
+    rmr_idem_finish(st->cluster->idem, st->idem_key, strlen(st->idem_key), st->body_hash,
+                    st->status, h->data ? h->data : "", h->len, b->data ? b->data : "", b->len,
+                    !st->cap_over && !h->oom && !b->oom, d->w->loop.now_ms);
+    st->idem_new = 0;
+}
+
+/*
+ * The filters of a routed request, before its first try: circuit-breaker limit, rate limit,
+ * retry bookkeeping and Idempotency-Key, inbound de-duplication. 0 to dispatch; 1 when the
+ * request was answered or waits for its body.
+ */
+static int filters_request(conn_t *d)
+{
+    stream_t *st = d->st;
+    worker_t *w = d->w;
+    cluster_t *c = st->cluster;
+    const route_rt_t *rt = stream_rt(st);
+    if (rt && rt->bucket) {
+        uint32_t ra = 1;
+        if (!rmr_bucket_take(rt->bucket, rmr_clock_us(), &ra)) {
+            RMR_STAT_INC(c->stats->rate_limited);
+            st->retry_after_s = ra;
+            stream_fail(d, 429, "rate-limited");
+            return 1;
+        }
+    }
+    if (!rmr_breaker_acquire(c->breaker, RMR_LIM_REQUESTS)) {
+        RMR_STAT_INC(c->stats->overflows[RMR_LIM_REQUESTS]);
+        stream_fail(d, 503, "overflow-requests");
+        return 1;
+    }
+    st->held_req = 1;
+    if (rt && rt->retry.attempts > 1) {
+        st->keep_body = st->req_out != FRAME_NONE;
+        rmr_budget_request_begin(c->budget);
+        st->budget_req = 1;
+        if (!rmr_method_idempotent(st->method, strlen(st->method))) {
+            if (find_header(&st->req, "idempotency-key") >= 0) {
+                st->has_idem_key = 1;
+            } else if (rt->retry.non_idempotent == RMR_NONIDEM_WITH_KEY) {
+                rmr_idem_format_key(st->idem_gen, w_rand(w), w_rand(w));
+                st->has_idem_key = 1;
+            }
+        }
+    }
+    if (c->idem && idem_request(d))
+        return 1;
+    return 0;
+}
+
 void stream_route(conn_t *d)
 {
     stream_t *st = d->st;
@@ -1072,11 +1499,18 @@ void stream_route(conn_t *d)
     size_t hlen, plen, flen;
     req_authority(st, &host, &hlen, &path, &plen, &full, &flen);
     uint32_t timeout = lim->request_timeout_ms;
-    ssize_t svc = route_request(d, host, hlen, path, plen, &timeout);
+    ssize_t svc = route_request(d, host, hlen, path, plen, &timeout, &st->route);
     if (st->grpc) {
         uint32_t g = grpc_timeout_ms(m);
         if (g && g < timeout)
             timeout = g;
+    }
+    /* The caller's sidecar says how long its route has left: no point working past that. */
+    int hd = find_header(m, "x-remora-deadline-ms");
+    if (hd >= 0) {
+        uint32_t left = (uint32_t)span_u64(m, m->hdrs[hd].value);
+        if (left && left < timeout)
+            timeout = left;
     }
     st->timeout_ms = timeout;
     d->state = D_STREAM;
@@ -1092,7 +1526,8 @@ void stream_route(conn_t *d)
     st->cluster = &st->view->clusters[svc];
     RMR_STAT_INC(st->cluster->stats->requests);
     st->replayable = st->req_out == FRAME_NONE && !st->upgrade;
-    stream_dispatch(d);
+    if (filters_request(d) == 0)
+        stream_dispatch(d);
 }
 
 static int req_on_headers_complete(llhttp_t *p)
@@ -1139,6 +1574,22 @@ static int req_on_headers_complete(llhttp_t *p)
 void req_body_out(conn_t *d, const char *at, size_t len)
 {
     stream_t *st = d->st;
+    if (st->keep_body && !st->replay_over) {
+        if (!st->replay)
+            st->replay = calloc(1, sizeof(rmr_buf_t));
+        if (!st->replay || st->replay->len + len > RETRY_BODY_MAX) {
+            st->replay_over = 1; /* too large to send again: no retry once it started */
+            if (st->replay) {
+                rmr_buf_free(st->replay);
+                free(st->replay);
+                st->replay = NULL;
+            }
+        } else {
+            rmr_buf_append(st->replay, at, len);
+        }
+    }
+    if (st->idem_new || st->idem_hit)
+        st->body_hash = rmr_hash64(st->body_hash, at, len);
     if (st->u2) {
         if (!st->reqbody)
             st->reqbody = wbuf_get(d->w);
@@ -1175,6 +1626,10 @@ void req_end_out(conn_t *d)
     st->req_done = 1;
     if (st->req.err_status)
         return;
+    if (st->idem_hit) {
+        idem_replay(d);
+        return;
+    }
     if (st->u2)
         h2_up_body(d);
     else if (d->peer && st->req_out == FRAME_CHUNKED)
@@ -1362,6 +1817,10 @@ static void on_connect(rmr_loop_t *loop, rmr_op_t *op, int res, unsigned flags)
     (void)flags;
     if (u->closing)
         goto out;
+    if (u->held_pending) {
+        u->held_pending = 0;
+        rmr_breaker_release(u->cx_breaker, RMR_LIM_PENDING);
+    }
     if (res < 0) {
         RMR_STAT_INC(u->ep->stats->failures);
         if (res == -ECANCELED || res == -ETIME) {
@@ -1444,12 +1903,19 @@ static void stream_dispatch(conn_t *d)
 {
     stream_t *st = d->st;
     worker_t *w = d->w;
-    endpoint_t *ep = cluster_pick(w, st->cluster);
+    int probe = 0;
+    endpoint_t *ep = cluster_pick(w, st->cluster, st->last_ep, &probe);
     if (!ep) {
         RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_NO_ENDPOINT]);
-        stream_fail(d, 503, "no-endpoint");
+        stream_fail(d, 503, st->cluster->n_endpoints ? "no-healthy-endpoint" : "no-endpoint");
         return;
     }
+    st->attempt++;
+    st->probe = probe;
+    st->try_start_us = rmr_clock_us();
+    const route_rt_t *rt = stream_rt(st);
+    if (rt && rt->retry.per_try_ms)
+        rmr_timer_set(&w->loop, &st->try_timer, rt->retry.per_try_ms);
     if (st->ep && st->ep->active) {
         st->ep->active--;
         RMR_STAT_DEC(st->ep->stats->active);
@@ -1472,18 +1938,36 @@ static void stream_dispatch(conn_t *d)
         u->state = U_ACTIVE;
         u->reused = 1;
     } else {
+        rmr_breaker_t *b = st->cluster->breaker;
+        if (!rmr_breaker_acquire(b, RMR_LIM_CONNECTIONS)) {
+            RMR_STAT_INC(st->cluster->stats->overflows[RMR_LIM_CONNECTIONS]);
+            stream_fail(d, 503, "overflow-connections");
+            return;
+        }
+        if (!rmr_breaker_acquire(b, RMR_LIM_PENDING)) {
+            rmr_breaker_release(b, RMR_LIM_CONNECTIONS);
+            RMR_STAT_INC(st->cluster->stats->overflows[RMR_LIM_PENDING]);
+            stream_fail(d, 503, "overflow-pending");
+            return;
+        }
         int err = 0;
         u = up_connect(w, ep, &err);
         if (!u) {
+            rmr_breaker_release(b, RMR_LIM_CONNECTIONS);
+            rmr_breaker_release(b, RMR_LIM_PENDING);
             if (err == -ENOKEY)
                 RMR_WARN("upstream %s: no TLS context for a new connection", ep->conf->addr.text);
             else
                 RMR_WARN("upstream %s: cannot open a socket: %s", ep->conf->addr.text,
                          strerror(-err));
             RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
-            stream_fail(d, 502, "connect-failure");
+            try_report(st, RMR_OUT_CONNECT_FAILURE);
+            if (!try_again(d, RMR_ATT_CONNECT_FAILURE, 0, 0))
+                stream_fail(d, 502, "connect-failure");
             return;
         }
+        u->cx_breaker = b;
+        u->held_pending = 1;
     }
     u->peer = d;
     d->peer = u;
@@ -1494,6 +1978,16 @@ static void stream_dispatch(conn_t *d)
         return;
     }
     build_upstream_head(d, b);
+    if (st->attempt > 1 && st->replay && st->replay->len) {
+        /* a retry: the body so far goes again; what is still to come follows as it arrives */
+        if (st->req_out == FRAME_CHUNKED)
+            rmr_buf_printf(b, "%zx\r\n", st->replay->len);
+        rmr_buf_append(b, st->replay->data, st->replay->len);
+        if (st->req_out == FRAME_CHUNKED)
+            rmr_buf_append(b, "\r\n", 2);
+    }
+    if (st->attempt > 1 && st->req_done && st->req_out == FRAME_CHUNKED)
+        rmr_buf_append(b, "0\r\n\r\n", 5);
     if (b->oom) {
         stream_fail(d, 503, "out-of-memory");
         return;
@@ -1537,6 +2031,15 @@ static void up_fail(conn_t *u, int status, const char *reason)
     u->peer = NULL;
     if (d) {
         d->peer = NULL;
+        int connect = !strcmp(reason, "connect-failure") || !strcmp(reason, "connect-timeout") ||
+                      !strcmp(reason, "tls-failure");
+        if (d->st) {
+            try_report(d->st, connect ? RMR_OUT_CONNECT_FAILURE : RMR_OUT_RESET);
+            if (try_again(d, connect ? RMR_ATT_CONNECT_FAILURE : RMR_ATT_RESET, 0, 0)) {
+                conn_close(u);
+                return;
+            }
+        }
         stream_fail(d, status, reason);
     }
     conn_close(u);
@@ -1581,6 +2084,13 @@ void resp_head_out(conn_t *d, const h1_msg_t *m, int status, int has_cl, uint64_
 {
     stream_t *st = d->st;
     int interim = status >= 100 && status < 200 && status != 101;
+    if (!interim && st->attempt > 1 && m == &st->resp) {
+        char n[12];
+        h1_msg_add(&st->resp, "x-remora-attempts", 17, n,
+                   (size_t)snprintf(n, sizeof(n), "%u", (unsigned)st->attempt));
+    }
+    if (!interim && st->idem_new)
+        idem_capture_head(st, m, status);
     if (!interim) {
         st->resp_started = 1;
         st->status = status;
@@ -1641,6 +2151,8 @@ void resp_head_out(conn_t *d, const h1_msg_t *m, int status, int has_cl, uint64_
 void resp_body_out(conn_t *d, const char *at, size_t len)
 {
     stream_t *st = d->st;
+    if (st->idem_new)
+        idem_capture_body(st, at, len, idem_max_body(st));
     if (st->resp_out == FRAME_CHUNKED) {
         char hdr[24];
         int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
@@ -1666,6 +2178,7 @@ void resp_end_out(conn_t *d)
     } else if (st->resp_out == FRAME_CHUNKED) {
         out_append(d, "0\r\n\r\n", 5);
     }
+    idem_finish(d);
     stream_record(d);
     st->resp_done = 1;
 }
@@ -1680,6 +2193,21 @@ static int resp_on_headers_complete(llhttp_t *p)
         return -1;
     int status = p->status_code;
     int interim = status >= 100 && status < 200 && status != 101;
+    if (!interim) {
+        rmr_timer_stop(&d->w->loop, &st->try_timer);
+        try_report(st, status >= 500 ? RMR_OUT_5XX : RMR_OUT_SUCCESS);
+        if (status >= 400 && stream_rt(st)) {
+            int ra = find_header(m, "retry-after");
+            int64_t ra_ms = ra >= 0 ? rmr_retry_after_ms(h1_str(m, m->hdrs[ra].value),
+                                                         m->hdrs[ra].value.len, (int64_t)time(NULL))
+                                    : 0;
+            if (try_again(d, RMR_ATT_STATUS, status, ra_ms)) {
+                /* this response is dropped, with its connection; up_feed leaves it */
+                st->retry_status = 1;
+                return -1;
+            }
+        }
+    }
     resp_head_out(d, m, status, (p->flags & F_CONTENT_LENGTH) != 0, p->content_length,
                   (p->flags & F_CHUNKED) != 0);
     if (d->virt) {
@@ -1820,6 +2348,13 @@ static void up_feed(conn_t *u, const char *data, size_t len)
         int reusable = used == len && llhttp_should_keep_alive(&u->parser) && st->req_done;
         d->peer = NULL;
         up_release(u, reusable);
+        return;
+    }
+    if (st->retry_status) {
+        st->retry_status = 0;
+        d->peer = NULL;
+        u->peer = NULL;
+        conn_close(u);
         return;
     }
     RMR_WARN("upstream %s: bad response: %s", u->ep->conf->addr.text, llhttp_errno_name(err));

@@ -15,6 +15,9 @@
 #include "remora/config.h"
 #include "remora/loop.h"
 #include "remora/stats.h"
+#include "remora/breaker.h"
+#include "remora/idem.h"
+#include "remora/retry.h"
 
 typedef struct worker worker_t;
 typedef struct view view_t;
@@ -60,6 +63,7 @@ struct endpoint {
     list_t idle;              /* of conn_t.link: idle HTTP/1 connections */
     list_t h2conns;           /* of conn_t.link: HTTP/2 connections, shared by streams */
     uint32_t nh2;
+    int bidx; /* its index in the cluster's breaker */
 };
 
 /* A service of the config, as one worker sees it. */
@@ -70,7 +74,18 @@ struct cluster {
     uint32_t n_endpoints;
     uint32_t rr;
     endpoint_t *endpoints;
+    /* filters/: process-wide state of the service, shared by the workers */
+    rmr_breaker_t *breaker;
+    rmr_budget_t *budget;
+    rmr_idem_t *idem; /* inbound de-duplication; NULL when off */
+    int outlier;      /* outlier detection configured */
 };
+
+/* A route's filters, as one view sees them. */
+typedef struct route_rt {
+    rmr_retry_policy_t retry; /* attempts 1: no retry */
+    rmr_bucket_t *bucket;     /* rate_limit; NULL when none */
+} route_rt_t;
 
 /* One worker's view of one config snapshot. Streams hold a reference so that a reload never
  * pulls a cluster from under a request. */
@@ -79,6 +94,7 @@ struct view {
     rmr_config_t *config;
     uint32_t n_clusters;
     cluster_t *clusters;
+    route_rt_t *routes; /* one per config route */
 };
 
 /* A TCP connection, to a client (downstream) or to an upstream endpoint. */
@@ -108,7 +124,8 @@ struct worker {
     int draining;
     uint64_t drain_deadline;
     rmr_timer_t drain_timer;
-    int start_err; /* result of setup, read by main */
+    rmr_timer_t filter_timer; /* filters_tick, every 100 ms */
+    int start_err;            /* result of setup, read by main */
     sem_t started;
     int exited;
     int running;     /* the loop exists: it may be woken */
@@ -136,6 +153,12 @@ typedef struct remora {
 } remora_t;
 
 extern remora_t rmr_g;
+
+/* filter.c: the filters of a view (built with it), and their admin output */
+int filters_view_setup(worker_t *w, view_t *v);
+void filters_view_free(view_t *v);
+void filters_tick(worker_t *w);
+void filters_idem_each(void (*fn)(const char *name, rmr_idem_t *s, void *arg), void *arg);
 
 /* worker.c */
 int worker_start(worker_t *w);
@@ -177,6 +200,6 @@ struct tls_ctx *rmr_tls_client_ctx(rmr_tls_mode_t mode, int h2);
 void rmr_tls_identities(rmr_config_t *c);
 
 /* upstream.c */
-endpoint_t *cluster_pick(worker_t *w, cluster_t *c);
+endpoint_t *cluster_pick(worker_t *w, cluster_t *c, const endpoint_t *avoid, int *probe);
 
 #endif

@@ -117,12 +117,32 @@ void rmr_hist_add(rmr_hist_t *h, uint64_t us)
 
 #define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
+const char *const rmr_retry_reason_names[RMR_RETRY_REASONS] = {
+    "connect-failure", "reset",           "refused-stream", "gateway-error", "5xx",
+    "retriable-4xx",   "per-try-timeout", "status",
+};
+const char *const rmr_limit_names[4] = {"connections", "pending", "requests", "retries"};
+
+int rmr_retry_reason_of(const char *reason)
+{
+    for (int i = 0; i < RMR_RETRY_REASONS - 1; i++)
+        if (!strcmp(rmr_retry_reason_names[i], reason))
+            return i;
+    return RMR_RETRY_REASONS - 1;
+}
+
 static void sum_counters(const rmr_svc_stats_t *s, unsigned nw, rmr_counters_t *out)
 {
     memset(out, 0, sizeof(*out));
     for (unsigned w = 0; w < nw; w++) {
         const rmr_counters_t *c = &s->w[w];
         out->requests += LD(c->requests);
+        for (int i = 0; i < RMR_RETRY_REASONS; i++)
+            out->retries[i] += LD(c->retries[i]);
+        out->retries_refused += LD(c->retries_refused);
+        for (int i = 0; i < 4; i++)
+            out->overflows[i] += LD(c->overflows[i]);
+        out->rate_limited += LD(c->rate_limited);
         for (int i = 0; i < 6; i++)
             out->responses[i] += LD(c->responses[i]);
         for (int i = 0; i < RMR_UERR_COUNT; i++)
@@ -348,6 +368,31 @@ char *rmr_stats_render_prometheus(unsigned nw)
         for (int k = 0; k < RMR_UERR_COUNT; k++)
             rmr_buf_printf(&b, "remora_upstream_errors_total{%s,reason=\"%s\"} %lu\n", lb[i].data,
                            rmr_uerr_names[k], c[i].upstream_errors[k]);
+    rmr_buf_str(&b, "# HELP remora_retries_total Requests tried again, by reason.\n"
+                    "# TYPE remora_retries_total counter\n");
+    for (size_t i = 0; i < n; i++)
+        for (int k = 0; k < RMR_RETRY_REASONS; k++)
+            if (c[i].retries[k])
+                rmr_buf_printf(&b, "remora_retries_total{%s,reason=\"%s\"} %lu\n", lb[i].data,
+                               rmr_retry_reason_names[k], c[i].retries[k]);
+    rmr_buf_str(&b, "# HELP remora_retries_refused_total Retries the budget or max_retries "
+                    "refused.\n"
+                    "# TYPE remora_retries_refused_total counter\n");
+    for (size_t i = 0; i < n; i++)
+        rmr_buf_printf(&b, "remora_retries_refused_total{%s} %lu\n", lb[i].data,
+                       c[i].retries_refused);
+    rmr_buf_str(&b, "# HELP remora_circuit_breaker_overflows_total Requests refused (503) by a "
+                    "circuit-breaker limit.\n"
+                    "# TYPE remora_circuit_breaker_overflows_total counter\n");
+    for (size_t i = 0; i < n; i++)
+        for (int k = 0; k < 4; k++)
+            rmr_buf_printf(&b, "remora_circuit_breaker_overflows_total{%s,limit=\"%s\"} %lu\n",
+                           lb[i].data, rmr_limit_names[k], c[i].overflows[k]);
+    rmr_buf_str(&b, "# HELP remora_rate_limited_total Requests refused (429) by a route's rate "
+                    "limit.\n"
+                    "# TYPE remora_rate_limited_total counter\n");
+    for (size_t i = 0; i < n; i++)
+        rmr_buf_printf(&b, "remora_rate_limited_total{%s} %lu\n", lb[i].data, c[i].rate_limited);
     rmr_buf_str(&b, "# HELP remora_upstream_connections_total Upstream connections opened.\n"
                     "# TYPE remora_upstream_connections_total counter\n");
     for (size_t i = 0; i < n; i++)

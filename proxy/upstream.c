@@ -14,7 +14,7 @@ static inline uint64_t rng_next(worker_t *w)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
-endpoint_t *cluster_pick(worker_t *w, cluster_t *c)
+static endpoint_t *lb_pick(worker_t *w, cluster_t *c)
 {
     uint32_t n = c->n_endpoints;
     if (n == 0)
@@ -40,4 +40,37 @@ endpoint_t *cluster_pick(worker_t *w, cluster_t *c)
     default:
         return &c->endpoints[c->rr++ % n];
     }
+}
+
+/* May a request go to ep now (outlier detection)? Takes a half-open probe slot when it says so. */
+static int usable(worker_t *w, cluster_t *c, endpoint_t *ep, int *probe)
+{
+    *probe = 0;
+    return !c->outlier || rmr_breaker_allow(c->breaker, ep->bidx, w->loop.now_ms, probe);
+}
+
+/*
+ * Picks an endpoint for a request: the load balancer's choice, unless outlier detection keeps
+ * it out or it is `avoid` (the endpoint a retry leaves); then the next usable one. NULL when
+ * none is usable. *probe: the request is a half-open trial of the endpoint.
+ */
+endpoint_t *cluster_pick(worker_t *w, cluster_t *c, const endpoint_t *avoid, int *probe)
+{
+    *probe = 0;
+    endpoint_t *ep = lb_pick(w, c);
+    if (!ep)
+        return NULL;
+    if (ep != avoid || c->n_endpoints == 1) {
+        if (usable(w, c, ep, probe))
+            return ep;
+    }
+    uint32_t start = (uint32_t)(ep - c->endpoints);
+    for (uint32_t i = 1; i < c->n_endpoints; i++) {
+        endpoint_t *e = &c->endpoints[(start + i) % c->n_endpoints];
+        if (e != avoid && usable(w, c, e, probe))
+            return e;
+    }
+    if (avoid && usable(w, c, (endpoint_t *)avoid, probe))
+        return (endpoint_t *)avoid;
+    return NULL;
 }

@@ -34,6 +34,7 @@ void view_put(view_t *v)
         }
         free(c->endpoints);
     }
+    filters_view_free(v);
     free(v->clusters);
     rmr_config_unref(v->config);
     free(v);
@@ -76,6 +77,8 @@ static view_t *view_build(worker_t *w, rmr_config_t *cfg, view_t *old)
             ep->stats = &es->w[w->id];
         }
     }
+    if (filters_view_setup(w, v) < 0)
+        goto fail;
     if (old) {
         for (uint32_t i = 0; i < v->n_clusters; i++) {
             cluster_t *c = &v->clusters[i];
@@ -211,6 +214,13 @@ static void on_drain_timer(rmr_loop_t *loop, rmr_timer_t *t)
     w->loop.stop = 1;
 }
 
+static void on_filter_timer(rmr_loop_t *loop, rmr_timer_t *t)
+{
+    worker_t *w = (worker_t *)((char *)t - offsetof(worker_t, filter_timer));
+    filters_tick(w);
+    rmr_timer_set(loop, t, 100);
+}
+
 static void worker_before_wait(rmr_loop_t *loop)
 {
     h2_flush_dirty(loop->data);
@@ -287,6 +297,8 @@ static void *worker_main(void *arg)
         }
     }
     sem_post(&w->started);
+    w->filter_timer.cb = on_filter_timer;
+    rmr_timer_set(&w->loop, &w->filter_timer, 100);
     rmr_loop_run(&w->loop);
 
     RMR_DEBUG("loop: %lu turns, %lu completions", w->loop.turns, w->loop.cqes);

@@ -35,9 +35,21 @@ typedef struct rmr_hist {
     uint64_t count;
 } rmr_hist_t;
 
+/* Why a request was tried again (as rmr_retry_should's reasons). */
+#define RMR_RETRY_REASONS 8
+extern const char *const rmr_retry_reason_names[RMR_RETRY_REASONS];
+/* The index of a reason name; the last one ("status") for an unknown one. */
+int rmr_retry_reason_of(const char *reason);
+/* Circuit-breaker limits, as rmr_limit_t. */
+extern const char *const rmr_limit_names[4];
+
 /* One worker's counters for one service (or for the whole worker). */
 typedef struct rmr_counters {
     uint64_t requests;
+    uint64_t retries[RMR_RETRY_REASONS];
+    uint64_t retries_refused; /* wanted, but the budget or max_retries said no */
+    uint64_t overflows[4];    /* requests refused by a circuit-breaker limit */
+    uint64_t rate_limited;
     uint64_t responses[6]; /* index = status / 100, 0 unused */
     uint64_t upstream_errors[RMR_UERR_COUNT];
     uint64_t upstream_cx_total;
