@@ -506,7 +506,8 @@ static int check_service(const struct ctx *x, const Mesh *m, size_t i)
 static bool retry_on_ok(const char *v)
 {
     static const char *const known[] = {"connect-failure", "reset", "refused-stream",
-                                        "gateway-error",   "5xx",   "retriable-4xx"};
+                                        "gateway-error",   "5xx",   "retriable-4xx",
+                                        "per-try-timeout"};
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         if (!strcmp(v, known[i]))
             return true;
@@ -638,7 +639,7 @@ static int check_route(const struct ctx *x, const Mesh *m, size_t i, bool catch_
             if (!retry_on_ok(rp->on[k]))
                 return verr(src, x->err, P(p, "routes[%zu].retry.on[%zu]", i, k),
                             "expected connect-failure, reset, refused-stream, gateway-error, "
-                            "5xx, retriable-4xx or a status code, got \"%s\"",
+                            "5xx, retriable-4xx, per-try-timeout or a status code, got \"%s\"",
                             rp->on[k]);
         if (rp->backoff) {
             if (dur_ms(x, src, P(p, "routes[%zu].retry.backoff.base", i), rp->backoff->base_, 25,

@@ -37,8 +37,9 @@ enum reason {
     R_EJECTION_OVER,
     R_DETECTION_OFF
 };
-static const char *const reason_names[] = {"consecutive-failures", "latency",       "probe-failed",
-                                           "probes-passed",        "ejection-over", "detection-off"};
+static const char *const reason_names[] = {"consecutive-failures", "latency",
+                                           "probe-failed",         "probes-passed",
+                                           "ejection-over",        "detection-off"};
 
 static const char *const state_names[] = {"healthy", "ejected", "half-open"};
 
@@ -59,6 +60,7 @@ struct ep {
     uint32_t ejections;
     uint64_t healthy_since_ms;
     uint32_t probes_taken, probes_ok; /* in this half-open round */
+    uint64_t probe_at_ms;             /* when the last probe slot was taken */
     uint64_t mean_us;                 /* of the last completed interval */
     struct history hist[HISTORY];
     unsigned hist_n; /* events ever recorded; the ring holds the last HISTORY */
@@ -75,8 +77,8 @@ struct rmr_breaker {
     struct rmr_breaker *next;
     char *name;
     struct limit lim[RMR_LIM__N];
-    _Alignas(64) atomic_uint cf;   /* conf.consecutive_failures, for the lock-free paths */
-    _Atomic uint64_t next_due_ms;  /* tick has nothing to do before this */
+    _Alignas(64) atomic_uint cf;  /* conf.consecutive_failures, for the lock-free paths */
+    _Atomic uint64_t next_due_ms; /* tick has nothing to do before this */
     atomic_int n_eps;
 
     pthread_mutex_t lock;
@@ -86,7 +88,7 @@ struct rmr_breaker {
     int *hash; /* open addressing of endpoint index + 1, 0 = empty */
     size_t hash_cap;
     uint64_t interval_end_ms;
-    uint64_t last_now_ms; /* the latest time seen, for changes made by configure */
+    uint64_t last_now_ms;   /* the latest time seen, for changes made by configure */
     rmr_breaker_stats_t st; /* ejected_now is computed when asked */
 };
 
@@ -327,8 +329,7 @@ static bool under_cap(rmr_breaker_t *b)
 }
 
 /* Ejects healthy endpoint e for reason r if the percentage allows; returns whether it did. */
-static bool try_eject(rmr_breaker_t *b, struct ep *e, uint64_t now, enum reason r,
-                      struct notes *ns)
+static bool try_eject(rmr_breaker_t *b, struct ep *e, uint64_t now, enum reason r, struct notes *ns)
 {
     if (!e->member)
         return false;
@@ -417,8 +418,8 @@ int rmr_breaker_acquire(rmr_breaker_t *b, rmr_limit_t which)
             atomic_fetch_add_explicit(&l->overflows, 1, memory_order_relaxed);
             return 0;
         }
-    } while (!atomic_compare_exchange_weak_explicit(&l->count, &cur, cur + 1,
-                                                    memory_order_relaxed, memory_order_relaxed));
+    } while (!atomic_compare_exchange_weak_explicit(&l->count, &cur, cur + 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
     return 1;
 }
 
@@ -427,9 +428,8 @@ void rmr_breaker_release(rmr_breaker_t *b, rmr_limit_t which)
     struct limit *l = &b->lim[which];
     /* An unmatched release would wrap the count and block the limit for good; stop at 0. */
     unsigned cur = atomic_load_explicit(&l->count, memory_order_relaxed);
-    while (cur > 0 && !atomic_compare_exchange_weak_explicit(&l->count, &cur, cur - 1,
-                                                             memory_order_relaxed,
-                                                             memory_order_relaxed))
+    while (cur > 0 && !atomic_compare_exchange_weak_explicit(
+                          &l->count, &cur, cur - 1, memory_order_relaxed, memory_order_relaxed))
         ;
 }
 
@@ -536,6 +536,11 @@ void rmr_breaker_set_endpoints(rmr_breaker_t *b, const char *const *addrs, size_
 
 /* ---- request path ---- */
 
+static uint64_t probe_lease_ms(const rmr_breaker_conf_t *c)
+{
+    return c->base_ejection_ms > c->interval_ms ? c->base_ejection_ms : c->interval_ms;
+}
+
 int rmr_breaker_allow(rmr_breaker_t *b, int i, uint64_t now_ms, int *probe)
 {
     *probe = 0;
@@ -557,9 +562,15 @@ int rmr_breaker_allow(rmr_breaker_t *b, int i, uint64_t now_ms, int *probe)
         ok = 1;
         break;
     case RMR_EP_HALF_OPEN:
+        /* A probe that is never reported (its request died before the try) would keep the
+         * endpoint half-open for good: its slot is given back after a while. */
+        if (e->probes_taken >= b->conf.half_open_probes &&
+            since(now_ms, e->probe_at_ms) >= probe_lease_ms(&b->conf))
+            e->probes_taken = e->probes_ok;
         ok = e->probes_taken < b->conf.half_open_probes;
         if (ok) {
             e->probes_taken++;
+            e->probe_at_ms = now_ms;
             b->st.probes++;
             *probe = 1;
         }
@@ -584,8 +595,7 @@ static void report_probe(rmr_breaker_t *b, struct ep *e, rmr_outcome_t o, uint64
             eject_for(b, e, now);
             b->st.ejections_failures++;
             record(b, e, now, EV_REEJECTED, R_PROBE_FAILED, &ns);
-        } else if (e->probes_ok < e->probes_taken &&
-                   ++e->probes_ok >= b->conf.half_open_probes) {
+        } else if (e->probes_ok < e->probes_taken && ++e->probes_ok >= b->conf.half_open_probes) {
             b->st.readmissions++;
             readmit(b, e, now, R_PROBES_PASSED, &ns);
         }
@@ -623,9 +633,11 @@ void rmr_breaker_report(rmr_breaker_t *b, int i, rmr_outcome_t o, uint64_t laten
     struct notes ns;
     notes_init(&ns);
     pthread_mutex_lock(&b->lock);
-    /* Another worker may have ejected it, or a success ended the run, since the add. */
-    if (ep_state(e) == RMR_EP_HEALTHY && atomic_load_explicit(&e->consec, memory_order_relaxed) >=
-                                             b->conf.consecutive_failures) {
+    /* Since the add, another worker may have ejected it, a success may have ended the run, or
+     * detection may have been turned off. */
+    uint32_t need = b->conf.consecutive_failures;
+    if (need && ep_state(e) == RMR_EP_HEALTHY &&
+        atomic_load_explicit(&e->consec, memory_order_relaxed) >= need) {
         if (!try_eject(b, e, now_ms, R_CONSECUTIVE, &ns))
             atomic_store_explicit(&e->consec, 0, memory_order_relaxed);
     }

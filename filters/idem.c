@@ -47,16 +47,16 @@ struct link {
 };
 
 struct node {
-    struct node *next;     /* hash chain; after removal, the list of nodes to free */
-    struct link age;       /* every key, oldest t0 first */
-    struct link lru;       /* done keys, least recently used first */
+    struct node *next;      /* hash chain; after removal, the list of nodes to free */
+    struct link age;        /* every key, oldest t0 first */
+    struct link lru;        /* done keys, least recently used first */
     rmr_idem_entry_t *resp; /* NULL while in flight */
     uint64_t hash, fp, t0;
     size_t klen;
     char key[];
 };
 
-#define NODE_OF(l, field) ((struct node *)((char *)(l) - offsetof(struct node, field)))
+#define NODE_OF(l, field) ((struct node *)((char *)(l)-offsetof(struct node, field)))
 
 struct table {
     struct node **b;
@@ -652,7 +652,8 @@ static long parameters(const char *v, size_t n, size_t i)
             ;
         if (i >= n || !(is_lcalpha(v[i]) || v[i] == '*'))
             return -1;
-        for (i++; i < n && (is_lcalpha(v[i]) || is_digit(v[i]) || (v[i] && strchr("_-.*", v[i]))); i++)
+        for (i++; i < n && (is_lcalpha(v[i]) || is_digit(v[i]) || (v[i] && strchr("_-.*", v[i])));
+             i++)
             ;
         if (i < n && v[i] == '=') {
             long j = bare_item(v, n, i + 1);

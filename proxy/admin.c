@@ -236,25 +236,47 @@ int admin_start(rmr_loop_t *loop, const rmr_addr_t *addr)
     return 0;
 }
 
-static void idem_metrics(const char *name, rmr_idem_t *s, void *arg)
+/* One metric family of the filters: HELP and TYPE once, then a sample per service. */
+struct fam {
+    const char *name, *type, *help;
+};
+
+static const struct fam idem_fams[] = {
+    {"remora_idempotency_entries", "gauge", "Keys held by the idempotency store."},
+    {"remora_idempotency_in_flight", "gauge", "Keys whose first request is in progress."},
+    {"remora_idempotency_stored_total", "counter", "Responses stored."},
+    {"remora_idempotency_replays_total", "counter", "Repeats answered from the store."},
+    {"remora_idempotency_conflicts_total", "counter", "Repeats while in flight (409)."},
+    {"remora_idempotency_mismatches_total", "counter", "Keys reused for another request (422)."},
+    {"remora_idempotency_evictions_total", "counter", "Entries dropped for max_entries."},
+    {"remora_idempotency_expired_total", "counter", "Entries dropped after their ttl."},
+};
+
+struct idem_walk {
+    rmr_buf_t *b;
+    size_t fam;
+};
+
+static void idem_metric(const char *name, rmr_idem_t *s, void *arg)
 {
-    rmr_buf_t *b = arg;
+    struct idem_walk *iw = arg;
     rmr_idem_stats_t st;
     rmr_idem_get_stats(s, &st);
+    const uint64_t v[] = {st.entries,   st.in_flight,  st.stored,    st.replays,
+                          st.conflicts, st.mismatches, st.evictions, st.expired};
     /* the store belongs to the inbound service "inbound|x": label it with x */
     const char *svc = !strncmp(name, "inbound|", 8) ? name + 8 : name;
-    rmr_buf_printf(b,
-                   "remora_idempotency_entries{service=\"%s\"} %lu\n"
-                   "remora_idempotency_in_flight{service=\"%s\"} %lu\n"
-                   "remora_idempotency_stored_total{service=\"%s\"} %lu\n"
-                   "remora_idempotency_replays_total{service=\"%s\"} %lu\n"
-                   "remora_idempotency_conflicts_total{service=\"%s\"} %lu\n"
-                   "remora_idempotency_mismatches_total{service=\"%s\"} %lu\n"
-                   "remora_idempotency_evictions_total{service=\"%s\"} %lu\n"
-                   "remora_idempotency_expired_total{service=\"%s\"} %lu\n",
-                   svc, st.entries, svc, st.in_flight, svc, st.stored, svc, st.replays, svc,
-                   st.conflicts, svc, st.mismatches, svc, st.evictions, svc, st.expired);
+    rmr_buf_printf(iw->b, "%s{service=\"%s\"} %lu\n", idem_fams[iw->fam].name, svc, v[iw->fam]);
 }
+
+static const struct fam outlier_fams[] = {
+    {"remora_outlier_ejections_total", "counter",
+     "Endpoints ejected by outlier detection, by reason."},
+    {"remora_outlier_ejections_refused_total", "counter",
+     "Ejections refused by max_ejection_percent."},
+    {"remora_outlier_readmissions_total", "counter", "Ejected endpoints re-admitted."},
+    {"remora_outlier_ejected", "gauge", "Endpoints out (ejected or half-open) now."},
+};
 
 /* The data plane's metrics, then those of the filters' shared state. */
 char *admin_render_prometheus(unsigned nw)
@@ -268,29 +290,36 @@ char *admin_render_prometheus(unsigned nw)
     pthread_mutex_lock(&rmr_g.config_lock);
     rmr_config_t *cfg = rmr_config_ref(rmr_g.config);
     pthread_mutex_unlock(&rmr_g.config_lock);
-    rmr_buf_str(&b, "# HELP remora_outlier_ejections_total Endpoints ejected by outlier detection, "
-                    "by reason.\n# TYPE remora_outlier_ejections_total counter\n");
-    for (size_t i = 0; i < cfg->n_services; i++) {
-        rmr_breaker_stats_t bs;
-        rmr_breaker_t *br = rmr_breaker_get(cfg->services[i].name);
-        if (!br)
-            continue;
-        rmr_breaker_get_stats(br, &bs);
-        const char *n = cfg->services[i].name;
-        rmr_buf_printf(&b,
-                       "remora_outlier_ejections_total{service=\"%s\",reason=\"consecutive-"
-                       "failures\"} %lu\n"
-                       "remora_outlier_ejections_total{service=\"%s\",reason=\"latency\"} %lu\n"
-                       "remora_outlier_ejections_refused_total{service=\"%s\"} %lu\n"
-                       "remora_outlier_readmissions_total{service=\"%s\"} %lu\n"
-                       "remora_outlier_ejected{service=\"%s\"} %u\n",
-                       n, bs.ejections_failures, n, bs.ejections_latency, n, bs.ejections_refused,
-                       n, bs.readmissions, n, bs.ejected_now);
+    for (size_t f = 0; f < sizeof(outlier_fams) / sizeof(outlier_fams[0]); f++) {
+        rmr_buf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", outlier_fams[f].name,
+                       outlier_fams[f].help, outlier_fams[f].name, outlier_fams[f].type);
+        for (size_t i = 0; i < cfg->n_services; i++) {
+            rmr_breaker_t *br = rmr_breaker_get(cfg->services[i].name);
+            if (!br)
+                continue;
+            rmr_breaker_stats_t bs;
+            rmr_breaker_get_stats(br, &bs);
+            const char *n = cfg->services[i].name;
+            if (f == 0)
+                rmr_buf_printf(&b,
+                               "%s{service=\"%s\",reason=\"consecutive-failures\"} %lu\n"
+                               "%s{service=\"%s\",reason=\"latency\"} %lu\n",
+                               outlier_fams[f].name, n, bs.ejections_failures, outlier_fams[f].name,
+                               n, bs.ejections_latency);
+            else
+                rmr_buf_printf(&b, "%s{service=\"%s\"} %lu\n", outlier_fams[f].name, n,
+                               f == 1   ? bs.ejections_refused
+                               : f == 2 ? bs.readmissions
+                                        : (uint64_t)bs.ejected_now);
+        }
     }
     rmr_config_unref(cfg);
-    rmr_buf_str(&b, "# HELP remora_idempotency_replays_total Repeats answered from the "
-                    "idempotency store.\n# TYPE remora_idempotency_replays_total counter\n");
-    filters_idem_each(idem_metrics, &b);
+    for (size_t f = 0; f < sizeof(idem_fams) / sizeof(idem_fams[0]); f++) {
+        rmr_buf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", idem_fams[f].name, idem_fams[f].help,
+                       idem_fams[f].name, idem_fams[f].type);
+        struct idem_walk iw = {&b, f};
+        filters_idem_each(idem_metric, &iw);
+    }
     rmr_buf_append(&b, "", 1);
     if (b.oom) {
         rmr_buf_free(&b);

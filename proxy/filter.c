@@ -80,6 +80,8 @@ static int cluster_setup(cluster_t *c)
         return -1;
     rmr_breaker_conf_t bc;
     rmr_breaker_conf_defaults(&bc);
+    /* limits only where the mesh sets them: a sidecar does not cap what it was not told to */
+    memset(bc.max, 0, sizeof(bc.max));
     const Remora__V1__CircuitBreaker *cb = pb ? pb->circuit_breaker : NULL;
     /* the inbound service takes the mesh entry's idempotency, not its caller-side limits */
     int inbound = !strncmp(sc->name, "inbound|", 8);
@@ -139,7 +141,8 @@ static int route_setup(route_rt_t *rt, const rmr_route_conf_t *rc)
             rt->retry.base_ms = dur_ms(rp->backoff->base_, rt->retry.base_ms);
             rt->retry.max_ms = dur_ms(rp->backoff->max, rt->retry.base_ms * 10);
         }
-        if (rp->budget) {
+        if (rp->budget && (rp->budget->percent > 0 || rp->budget->min_per_second)) {
+            /* as written, 0 included; an empty block keeps the defaults (20%, 10/s) */
             rt->retry.budget_percent = rp->budget->percent;
             rt->retry.budget_min_per_s = rp->budget->min_per_second;
         }

@@ -896,6 +896,8 @@ static int up_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
                 cl = 0;
             }
             rmr_timer_set(&d->w->loop, &d->timer, st->timeout_ms);
+            rmr_timer_stop(&d->w->loop, &st->try_timer);
+            try_report(st, status >= 500 ? RMR_OUT_5XX : RMR_OUT_SUCCESS);
             st->resp_nobody = end; /* trailers-only (gRPC errors): one HEADERS frame */
             resp_head_out(d, m, status, has_cl, cl, !has_cl);
             if (d->virt)

@@ -160,6 +160,8 @@ void req_end_out(conn_t *d);
 void down_feed_h1(conn_t *d, const char *data, size_t len);
 void client_ip_fill(conn_t *d);
 void on_down_timer(rmr_loop_t *loop, rmr_timer_t *t);
+/* The outcome of the stream's current try, for outlier detection; once per try. */
+void try_report(stream_t *st, rmr_outcome_t o);
 
 /* h2.c */
 /* A downstream connection turned out to speak HTTP/2 (preface or ALPN): starts its session and

@@ -119,6 +119,8 @@ void stream_free(conn_t *d)
     wbuf_put(d->w, st->reqbody);
     st->reqbody = NULL;
     rmr_timer_stop(&d->w->loop, &st->try_timer);
+    if (st->probe) /* a half-open trial whose client left: its slot must not stay taken */
+        try_report(st, st->resp_started ? RMR_OUT_SUCCESS : RMR_OUT_RESET);
     if (st->replay) {
         rmr_buf_free(st->replay);
         free(st->replay);
@@ -1159,7 +1161,7 @@ static uint32_t grpc_timeout_ms(const h1_msg_t *m)
 /* ---- filters on the request path (filters/ holds the state and the rules) ---- */
 
 /* The outcome of the current try, for outlier detection; once per try. */
-static void try_report(stream_t *st, rmr_outcome_t o)
+void try_report(stream_t *st, rmr_outcome_t o)
 {
     if (!st->try_start_us)
         return;
@@ -2005,6 +2007,8 @@ static void stream_dispatch(conn_t *d)
 void stream_fail(conn_t *d, int status, const char *reason)
 {
     stream_t *st = d->st;
+    if (st)
+        try_report(st, status == 504 ? RMR_OUT_TIMEOUT : RMR_OUT_RESET);
     if (d->peer) {
         conn_t *u = d->peer;
         d->peer = NULL;

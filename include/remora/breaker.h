@@ -27,7 +27,7 @@ typedef enum {
 typedef enum {
     RMR_EP_HEALTHY = 0, /* takes traffic */
     RMR_EP_EJECTED,     /* takes none until its ejection time is over */
-    RMR_EP_HALF_OPEN    /* takes half_open_probes trial requests, then is re-admitted or re-ejected */
+    RMR_EP_HALF_OPEN /* takes half_open_probes trial requests, then is re-admitted or re-ejected */
 } rmr_ep_state_t;
 
 /* The outcome of one attempt to an endpoint. Every outcome but SUCCESS is a failure. */
@@ -112,9 +112,10 @@ void rmr_breaker_set_endpoints(rmr_breaker_t *b, const char *const *addrs, size_
  * May a request go to endpoint i now? HEALTHY: 1. EJECTED: 0 until its ejection time is over,
  * then it becomes HALF_OPEN. HALF_OPEN: 1 while fewer than half_open_probes trial requests have
  * been let through in this half-open round (the call takes a probe slot and sets *probe to 1;
- * that request must then be reported with probe = 1, even when it is cancelled, or the round
- * never ends), else 0. *probe is 0 otherwise. An index that is not an endpoint (such as -1 from
- * rmr_breaker_endpoint) is allowed. Lock-free for a healthy endpoint.
+ * that request must then be reported with probe = 1; a slot not reported within
+ * max(base_ejection_ms, interval_ms) is given back, so a lost probe cannot keep the endpoint
+ * half-open for good), else 0. *probe is 0 otherwise. An index that is not an endpoint (such as -1
+ * from rmr_breaker_endpoint) is allowed. Lock-free for a healthy endpoint.
  */
 int rmr_breaker_allow(rmr_breaker_t *b, int i, uint64_t now_ms, int *probe);
 /*
@@ -146,7 +147,8 @@ rmr_ep_state_t rmr_breaker_state(rmr_breaker_t *b, int i, uint64_t now_ms);
 
 /*
  * Counters for metrics: ejections by reason (consecutive failures, including re-ejections of
- * failed probes; latency), re-admissions, refused ejections (percent cap), probes let through;
+ * failed probes; latency), re-admissions by probes, refused ejections (percent cap), probes let
+ * through;
  * ejected_now is the endpoints of the current set that are EJECTED or HALF_OPEN.
  */
 typedef struct rmr_breaker_stats {

@@ -31,12 +31,12 @@ typedef struct rmr_idem_entry rmr_idem_entry_t; /* a reference-counted stored re
 #define RMR_IDEM_HEAD_MAX (1u << 20)
 
 typedef struct rmr_idem_stats {
-    uint64_t entries;   /* keys held now (in flight and done) */
-    uint64_t in_flight; /* of which in flight */
-    uint64_t stored;    /* responses stored, total */
-    uint64_t replays;   /* repeats answered from the store (counted by rmr_idem_begin returning
-                           DONE) */
-    uint64_t conflicts; /* repeats while in flight (409) */
+    uint64_t entries;    /* keys held now (in flight and done) */
+    uint64_t in_flight;  /* of which in flight */
+    uint64_t stored;     /* responses stored, total */
+    uint64_t replays;    /* repeats answered from the store (counted by rmr_idem_begin returning
+                            DONE) */
+    uint64_t conflicts;  /* repeats while in flight (409) */
     uint64_t mismatches; /* same key, other request (422), counted by begin and by
                             rmr_idem_entry_matches_body returning 0 */
     uint64_t evictions;  /* done entries dropped to stay within max_entries (least recently used

@@ -448,7 +448,7 @@ static const struct bad bad_configs[] = {
      "mesh.yaml:60: routes[1].retry.attempts: must be at least 1 (the first try counts)"},
     {"gateway-error, \"503\"]", "gateway-error, \"600\"]", NULL,
      "mesh.yaml:49: routes[0].retry.on[3]: expected connect-failure, reset, refused-stream, "
-     "gateway-error, 5xx, retriable-4xx or a status code, got \"600\""},
+     "gateway-error, 5xx, retriable-4xx, per-try-timeout or a status code, got \"600\""},
     {"budget: {percent: 20,", "budget: {percent: -1,", NULL,
      "mesh.yaml:51: routes[0].retry.budget.percent: a percentage must be within 0..100, got -1"},
     {"backoff: {base: 25ms, max: 250ms}", "backoff: {base: 25ms, max: 5ms}", NULL,
