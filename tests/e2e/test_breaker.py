@@ -78,6 +78,13 @@ def ejection_events(view):
             if h.get("event") in ("ejected", "re-ejected")]
 
 
+def ejected_at(view):
+    """time.monotonic() of the start of the current ejection, from its history entry."""
+    events = ejection_events(view)
+    assert events, view
+    return time.monotonic() - events[-1]["at_ms_ago"] / 1000.0
+
+
 def ejection_length_ms(view):
     """How long the current ejection lasts in all: time left + time since it began."""
     events = ejection_events(view)
@@ -240,8 +247,8 @@ def test_outlier_ejection_probe_readmission_and_doubling(make_remora, make_upstr
         v = endpoint_view(r, bad.address)
         if v["state"] == "ejected":
             break
-    t_ejected = time.monotonic()
     assert v["state"] == "ejected", v
+    t_ejected = ejected_at(v)
     assert bad.requests <= 4, "%d requests reached the failing endpoint" % bad.requests
     assert v["ejections"] == 1, v
     events = ejection_events(v)
@@ -255,7 +262,7 @@ def test_outlier_ejection_probe_readmission_and_doubling(make_remora, make_upstr
     while time.monotonic() - t_ejected < 1.2 and sent < 15:
         assert rawhttp.get(r.outbound, "/out/%d" % sent, host="svc").status == 200
         sent += 1
-    assert sent >= 3
+    assert sent >= 1
     assert bad.requests == hits, "an ejected endpoint got traffic"
 
     # 3. after base_ejection one probe goes through; it fails, so re-ejection, twice as long
@@ -267,10 +274,11 @@ def test_outlier_ejection_probe_readmission_and_doubling(make_remora, make_upstr
         time.sleep(0.03)
     t_probe = time.monotonic()
     assert bad.requests == hits + 1, "no half-open probe within 8 s (or more than one)"
-    assert t_probe - t_ejected >= 1.6, "probed %.2fs after the ejection" % (t_probe - t_ejected)
+    assert t_probe - t_ejected >= 1.8, "probed %.2fs after the ejection" % (t_probe - t_ejected)
     v = endpoint_view(r, bad.address)
     assert v["state"] == "ejected", v
     assert v["ejections"] == 2, v
+    t_reejected = ejected_at(v)
     assert [e["event"] for e in ejection_events(v)][-1] in ("re-ejected", "ejected"), v
     second_len = ejection_length_ms(v)
     assert 3500 <= second_len <= 4600, (first_len, v)
@@ -289,7 +297,8 @@ def test_outlier_ejection_probe_readmission_and_doubling(make_remora, make_upstr
         time.sleep(0.03)
     t_heal = time.monotonic()
     assert bad.requests == hits + 1, "no probe within 10 s of the re-ejection"
-    assert t_heal - t_probe >= 3.2, "the second ejection lasted only %.2fs" % (t_heal - t_probe)
+    assert t_heal - t_reejected >= 3.6, \
+        "the second ejection lasted only %.2fs" % (t_heal - t_reejected)
     v = harness.wait_until(lambda: (lambda x: x if x["state"] == "healthy" else None)(
         endpoint_view(r, bad.address)), timeout=3)
     assert v, endpoint_view(r, bad.address)

@@ -142,8 +142,8 @@ def test_ledger_counts_in_flight(make_ledger):
     for t in threads:
         t.join()
     assert results == [200] * 4
-    assert app.max_active == 4 and app.active == 0
-    assert app.wait_idle(timeout=2)
+    assert app.max_active == 4
+    assert app.wait_idle(timeout=5) and app.active == 0
 
 
 # -- the relay, fault by fault --------------------------------------------------------------------

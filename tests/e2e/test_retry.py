@@ -97,11 +97,14 @@ def test_503_retried(make_remora, make_ledger, on):
 
 
 def test_status_not_in_policy_is_not_retried(make_remora, make_ledger):
-    app = make_ledger(fail_first=5, fail_status=500)
+    app = make_ledger()
     r = start_sidecar(make_remora, [app.port], retry=retry_policy(attempts=3, on=["503"]))
-    resp = rawhttp.get(r.outbound, "/no", host="svc")
+    resp = rawhttp.get(r.outbound, "/status/500", host="svc")
     assert resp.status == 500 and attempts(resp) == 1, resp
     assert app.requests == 1
+    resp = rawhttp.get(r.outbound, "/status/503", host="svc")
+    assert resp.status == 503 and resp.header("x-remora-attempts") == "3", resp
+    assert app.requests == 4
 
 
 def test_attempts_exhausted_returns_the_last_answer(make_remora, make_ledger):
@@ -259,6 +262,11 @@ def test_body_over_64k_is_not_retried(make_remora, make_ledger):
     time.sleep(0.3)
     assert app.requests == 1
     assert app.entries()[0]["body_sha256"] == hashlib.sha256(body).hexdigest()
+    # the same route retries a small body
+    app.fail_first = 2
+    resp = rawhttp.get(r.outbound, "/small", host="svc", method="PUT", body=body[:1000])
+    assert resp.status == 200 and resp.header("x-remora-attempts") == "2", resp
+    assert app.requests == 3
 
 
 # -- how often ------------------------------------------------------------------------------------
@@ -276,8 +284,10 @@ def test_budget_caps_retries(make_remora, make_ledger):
     assert statuses == [503] * n
     retries = app.requests - n
     # without the budget: 2 retries each (80); with it about one a second
-    assert 0 <= retries <= 4 + 2 * took, "%d retries for %d requests in %.1fs" % (
+    assert 1 <= retries <= 2 + 2 * took, "%d retries for %d requests in %.1fs" % (
         retries, n, took)
+    _, s = scrape(r)
+    assert total(s, "remora_retries_refused_total", service="svc") >= 1
 
 
 def test_retries_counted_in_prometheus(make_remora, make_ledger):
