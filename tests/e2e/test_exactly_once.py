@@ -17,7 +17,6 @@ import uuid
 
 import pytest
 
-import harness
 import rawhttp
 from chaos import FAULTS, make_chaos  # noqa: F401 - a fixture
 from harness import mesh, service
