@@ -104,14 +104,20 @@ static int cluster_setup(cluster_t *c)
         }
     }
     rmr_breaker_configure(c->breaker, &bc);
-    const char *addrs[c->n_endpoints ? c->n_endpoints : 1];
+    /* DNS may give many endpoints: the list is on the heap, not the stack */
+    const char **addrs = malloc((c->n_endpoints ? c->n_endpoints : 1) * sizeof(*addrs));
+    if (!addrs)
+        return -1;
     for (uint32_t k = 0; k < c->n_endpoints; k++) {
         addrs[k] = c->endpoints[k].conf->addr.text;
         c->endpoints[k].bidx = rmr_breaker_endpoint(c->breaker, addrs[k]);
-        if (c->endpoints[k].bidx < 0)
+        if (c->endpoints[k].bidx < 0) {
+            free(addrs);
             return -1;
+        }
     }
     rmr_breaker_set_endpoints(c->breaker, addrs, c->n_endpoints);
+    free(addrs);
     if (inbound && pb && pb->idempotency && pb->idempotency->enabled) {
         c->idem = idem_get(sc->name, pb->idempotency);
         if (!c->idem)
@@ -151,6 +157,7 @@ static int route_setup(route_rt_t *rt, const rmr_route_conf_t *rc)
             : rp->non_idempotent == REMORA__V1__NON_IDEMPOTENT__ALWAYS ? RMR_NONIDEM_ALWAYS
                                                                        : RMR_NONIDEM_NEVER;
     }
+    rt->deadline = rc->timeout_ms || rt->retry.attempts > 1;
     if (pb && pb->rate_limit && pb->rate_limit->requests_per_second > 0) {
         rt->bucket =
             rmr_bucket_get(rc->name, pb->rate_limit->requests_per_second, pb->rate_limit->burst);
@@ -160,10 +167,15 @@ static int route_setup(route_rt_t *rt, const rmr_route_conf_t *rc)
     return 0;
 }
 
+/* Once, before the workers start. */
+void filters_init(void)
+{
+    rmr_breaker_set_logger(breaker_log);
+}
+
 int filters_view_setup(worker_t *w, view_t *v)
 {
     (void)w;
-    rmr_breaker_set_logger(breaker_log);
     for (uint32_t i = 0; i < v->n_clusters; i++)
         if (cluster_setup(&v->clusters[i]) < 0)
             return -1;

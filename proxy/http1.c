@@ -996,16 +996,6 @@ static uint64_t span_u64(const h1_msg_t *m, h1_span_t v)
     return n;
 }
 
-static uint64_t w_rand(worker_t *w)
-{
-    uint64_t x = w->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    w->rng = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-
 static const route_rt_t *stream_rt(const stream_t *st)
 {
     return st->route >= 0 && st->view->routes ? &st->view->routes[st->route] : NULL;
@@ -1075,7 +1065,8 @@ static void build_upstream_head(conn_t *d, rmr_buf_t *b)
         rmr_buf_str(b, st->idem_gen);
         rmr_buf_str(b, "\r\n");
     }
-    if (st->route >= 0) {
+    const route_rt_t *rt = stream_rt(st);
+    if (rt && rt->deadline) {
         /* the route's deadline, for the callee's sidecar (and app) to stop in time */
         uint64_t dl = deadline_ms(st), now = d->w->loop.now_ms;
         if (find_header(m, "x-remora-deadline-ms") < 0)
@@ -1165,11 +1156,10 @@ void try_report(stream_t *st, rmr_outcome_t o)
 {
     if (!st->try_start_us)
         return;
-    uint64_t us = rmr_clock_us() - st->try_start_us;
-    st->try_start_us = 0;
     if (st->ep && st->cluster && st->cluster->outlier)
-        rmr_breaker_report(st->cluster->breaker, st->ep->bidx, o, us, st->probe,
-                           st->d->w->loop.now_ms);
+        rmr_breaker_report(st->cluster->breaker, st->ep->bidx, o, rmr_clock_us() - st->try_start_us,
+                           st->probe, st->d->w->loop.now_ms);
+    st->try_start_us = 0;
     st->probe = 0;
 }
 
@@ -1214,7 +1204,7 @@ static int try_again(conn_t *d, rmr_attempt_kind_t k, int status, int64_t retry_
         return 0;
     if (st->replay_over)
         return 0; /* the body that left is not kept */
-    uint64_t wait = rmr_backoff_ms(&rt->retry, st->attempt, w_rand(w));
+    uint64_t wait = rmr_backoff_ms(&rt->retry, st->attempt, worker_rand(w));
     if (retry_after_ms > 0 && (uint64_t)retry_after_ms > wait)
         wait = (uint64_t)retry_after_ms;
     if (w->loop.now_ms + wait >= deadline_ms(st))
@@ -1387,9 +1377,8 @@ static int idem_request(conn_t *d)
 }
 
 /* Keeps what the store will hold of the response: its head now, its body as it passes. */
-static void idem_capture_head(stream_t *st, const h1_msg_t *m, int status)
+static void idem_capture_head(stream_t *st, const h1_msg_t *m)
 {
-    (void)status;
     st->cap_head = calloc(1, sizeof(rmr_buf_t));
     st->cap_body = calloc(1, sizeof(rmr_buf_t));
     if (!st->cap_head || !st->cap_body) {
@@ -1474,7 +1463,7 @@ static int filters_request(conn_t *d)
             if (find_header(&st->req, "idempotency-key") >= 0) {
                 st->has_idem_key = 1;
             } else if (rt->retry.non_idempotent == RMR_NONIDEM_WITH_KEY) {
-                rmr_idem_format_key(st->idem_gen, w_rand(w), w_rand(w));
+                rmr_idem_format_key(st->idem_gen, worker_rand(w), worker_rand(w));
                 st->has_idem_key = 1;
             }
         }
@@ -1507,8 +1496,12 @@ void stream_route(conn_t *d)
         if (g && g < timeout)
             timeout = g;
     }
-    /* The caller's sidecar says how long its route has left: no point working past that. */
-    int hd = find_header(m, "x-remora-deadline-ms");
+    /* Inbound, the caller's sidecar says how long its route has left: no point working past
+     * that. */
+    const rmr_config_t *cfg = st->view->config;
+    int hd = d->lst->index < cfg->n_listeners && cfg->listeners[d->lst->index].inbound
+                 ? find_header(m, "x-remora-deadline-ms")
+                 : -1;
     if (hd >= 0) {
         uint32_t left = (uint32_t)span_u64(m, m->hdrs[hd].value);
         if (left && left < timeout)
@@ -1914,7 +1907,8 @@ static void stream_dispatch(conn_t *d)
     }
     st->attempt++;
     st->probe = probe;
-    st->try_start_us = rmr_clock_us();
+    /* the try's start, for the latency outlier check; only "a try is open" without one */
+    st->try_start_us = st->cluster->outlier ? rmr_clock_us() : 1;
     const route_rt_t *rt = stream_rt(st);
     if (rt && rt->retry.per_try_ms)
         rmr_timer_set(&w->loop, &st->try_timer, rt->retry.per_try_ms);
@@ -2094,7 +2088,7 @@ void resp_head_out(conn_t *d, const h1_msg_t *m, int status, int has_cl, uint64_
                    (size_t)snprintf(n, sizeof(n), "%u", (unsigned)st->attempt));
     }
     if (!interim && st->idem_new)
-        idem_capture_head(st, m, status);
+        idem_capture_head(st, m);
     if (!interim) {
         st->resp_started = 1;
         st->status = status;

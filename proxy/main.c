@@ -358,6 +358,7 @@ int main(int argc, char **argv)
     uint64_t warm_until = rmr_clock_ms() + 1000;
     while (!dns_ready() && rmr_clock_ms() < warm_until)
         rmr_loop_turn(&m.loop, 50);
+    filters_init();
     for (unsigned i = 0; i < rmr_g.nworkers; i++) {
         rmr_g.workers[i].id = i;
         ret = worker_start(&rmr_g.workers[i]);

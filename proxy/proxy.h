@@ -85,6 +85,7 @@ struct cluster {
 typedef struct route_rt {
     rmr_retry_policy_t retry; /* attempts 1: no retry */
     rmr_bucket_t *bucket;     /* rate_limit; NULL when none */
+    int deadline;             /* send x-remora-deadline-ms: the route sets a timeout or retries */
 } route_rt_t;
 
 /* One worker's view of one config snapshot. Streams hold a reference so that a reload never
@@ -154,7 +155,20 @@ typedef struct remora {
 
 extern remora_t rmr_g;
 
+/* The worker's xorshift64* generator: fast, and good enough to pick endpoints, jitter backoffs
+ * and make Idempotency-Keys unique. Not for secrets. */
+static inline uint64_t worker_rand(worker_t *w)
+{
+    uint64_t x = w->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
 /* filter.c: the filters of a view (built with it), and their admin output */
+void filters_init(void);
 int filters_view_setup(worker_t *w, view_t *v);
 void filters_view_free(view_t *v);
 void filters_tick(worker_t *w);

@@ -305,3 +305,35 @@ def test_retries_counted_in_prometheus(make_remora, make_ledger):
         total(before, "remora_retries_total", service="svc")
     assert 1 <= grown <= 2, series  # two retries, or one request retried
     assert app.requests == 3
+
+
+# -- the deadline toward the callee -----------------------------------------------------------------
+
+def test_route_deadline_goes_to_the_callee(make_remora, make_ledger):
+    """A route with a timeout sends the time it has left as x-remora-deadline-ms; a route with
+    neither a timeout nor retries sends nothing (no bytes added to every request)."""
+    app = make_ledger()
+    r = start_sidecar(make_remora, [app.port], timeout="2s")
+    assert rawhttp.get(r.outbound, "/dl", host="svc").status == 200
+    sent = dict((k.lower(), v) for k, v in app.entries()[-1]["headers"])
+    assert 0 < int(sent["x-remora-deadline-ms"]) <= 2000, sent
+    bare = make_ledger()
+    r2 = start_sidecar(make_remora, [bare.port])
+    assert rawhttp.get(r2.outbound, "/dl", host="svc").status == 200
+    sent = dict((k.lower(), v) for k, v in bare.entries()[-1]["headers"])
+    assert "x-remora-deadline-ms" not in sent, sent
+
+
+def test_inbound_sidecar_honours_the_callers_deadline(make_remora, make_ledger):
+    """The callee's sidecar stops at the caller's deadline: 504 long before the slow app's
+    answer, while a request without the header waits for it."""
+    app = make_ledger(delay_ms=1500)
+    r = make_remora().start_config(mesh(service("ledger", [])), app=app.port,
+                                   extra={"service": "ledger"})
+    t0 = time.monotonic()
+    resp = rawhttp.get(r.inbound, "/slow", host="ledger",
+                       headers=[("x-remora-deadline-ms", "300")], timeout=10)
+    took = time.monotonic() - t0
+    assert resp.status == 504 and took < 1.4, (resp, took)
+    resp = rawhttp.get(r.inbound, "/slow", host="ledger", timeout=10)
+    assert resp.status == 200, resp
