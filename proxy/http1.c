@@ -1070,8 +1070,11 @@ static void build_upstream_head(conn_t *d, rmr_buf_t *b)
         /* the route's deadline, for the callee's sidecar (and app) to stop in time */
         uint64_t dl = deadline_ms(st), now = d->w->loop.now_ms;
         if (find_header(m, "x-remora-deadline-ms") < 0)
+            /* now is the turn's clock, a little older than the request: clamp */
             rmr_buf_printf(b, "x-remora-deadline-ms: %lu\r\n",
-                           (unsigned long)(dl > now ? dl - now : 1));
+                           (unsigned long)(dl <= now                   ? 1
+                                           : dl - now > st->timeout_ms ? st->timeout_ms
+                                                                       : dl - now));
     }
     rmr_buf_str(b, "\r\n");
 }
