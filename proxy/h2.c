@@ -895,9 +895,13 @@ static int up_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
                 has_cl = 1; /* an HTTP/1 client: no body follows */
                 cl = 0;
             }
-            rmr_timer_set(&d->w->loop, &d->timer, st->timeout_ms);
             rmr_timer_stop(&d->w->loop, &st->try_timer);
             try_report(st, status >= 500 ? RMR_OUT_5XX : RMR_OUT_SUCCESS);
+            if (status >= 400 && try_again(d, RMR_ATT_STATUS, status, resp_retry_after_ms(m))) {
+                h2_up_cancel(st); /* this response is dropped; another try follows */
+                break;
+            }
+            rmr_timer_set(&d->w->loop, &d->timer, st->timeout_ms);
             st->resp_nobody = end; /* trailers-only (gRPC errors): one HEADERS frame */
             resp_head_out(d, m, status, has_cl, cl, !has_cl);
             if (d->virt)
@@ -953,11 +957,22 @@ static int up_stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void 
     up_detach(st);
     if (st->resp_done)
         return 0;
-    if (!st->resp_started && code == NGHTTP2_REFUSED_STREAM && !st->retried) {
-        /* never processed (RFC 9113 8.7): safe to send again, elsewhere */
-        st->retried = 1;
-        h2_up_dispatch(d);
-        return 0;
+    int refused = code == NGHTTP2_REFUSED_STREAM;
+    if (!st->resp_started) {
+        /* A refused stream was never processed (RFC 9113 8.7): the endpoint is not at fault,
+         * and the request is safe to send again whatever its method. */
+        if (refused)
+            st->try_start_us = 0;
+        else
+            try_report(st, RMR_OUT_RESET);
+        if (try_again(d, refused ? RMR_ATT_REFUSED_STREAM : RMR_ATT_RESET, 0, 0))
+            return 0;
+        if (refused && !st->retried && (st->req_out == FRAME_NONE || st->replay)) {
+            /* without a retry policy that covers it, once anyway, with what was kept */
+            st->retried = 1;
+            h2_up_dispatch(d);
+            return 0;
+        }
     }
     RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_RESET]);
     if (st->ep)
@@ -1015,9 +1030,27 @@ int h2_up_dispatch(conn_t *d)
     conn_t *u = up_session(w, st->ep);
     if (!u) {
         RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_CONNECT_FAILURE]);
-        stream_fail(d, 502, "connect-failure");
+        try_report(st, RMR_OUT_CONNECT_FAILURE);
+        if (!try_again(d, RMR_ATT_CONNECT_FAILURE, 0, 0))
+            stream_fail(d, 502, "connect-failure");
         return -1;
     }
+    if (st->up_sent && st->keep_body) {
+        /* another try: the body so far goes again, from the copy kept for replay */
+        if (st->reqbody)
+            st->reqbody->len = st->reqbody_off = 0;
+        if (st->replay && st->replay->len) {
+            if (!st->reqbody)
+                st->reqbody = wbuf_get(w);
+            if (st->reqbody)
+                rmr_buf_append(st->reqbody, st->replay->data, st->replay->len);
+            if (!st->reqbody || st->reqbody->oom) {
+                stream_fail(d, 503, "out-of-memory");
+                return -1;
+            }
+        }
+    }
+    st->up_sent = 1;
     rmr_timer_stop(&w->loop, &u->timer);
     const h1_msg_t *m = &st->req;
     nghttp2_nv nv[H2_MAX_NV];
@@ -1045,7 +1078,7 @@ int h2_up_dispatch(conn_t *d)
     NV(":path", 5, path, plen);
     char xff[512];
     size_t xl = 0;
-    for (uint32_t i = 0; i < m->nhdrs && k < H2_MAX_NV - 3; i++) {
+    for (uint32_t i = 0; i < m->nhdrs && k < H2_MAX_NV - 5; i++) {
         const h1_hdr_t *h = &m->hdrs[i];
         if (h->kind == H_X_FORWARDED_FOR) {
             int n = snprintf(xff + xl, sizeof(xff) - xl, "%.*s, ", (int)h->value.len,
@@ -1070,6 +1103,14 @@ int h2_up_dispatch(conn_t *d)
     if (xl >= sizeof(xff))
         xl = sizeof(xff) - 1;
     NV("x-forwarded-for", 15, xff, xl);
+    if (st->idem_gen[0]) /* generated for with_key; the same on every try */
+        NV("idempotency-key", 15, st->idem_gen, strlen(st->idem_gen));
+    char dl[24];
+    uint64_t left = deadline_header_ms(d);
+    if (left) {
+        int dn = snprintf(dl, sizeof(dl), "%lu", (unsigned long)left);
+        NV("x-remora-deadline-ms", 20, dl, (size_t)dn);
+    }
 #undef NV
     int body = st->req_out != FRAME_NONE && !(st->req_done && !st->reqbody);
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = up_read};
@@ -1148,6 +1189,15 @@ void h2_conn_closing(conn_t *c)
                 continue;
             if (st->cluster)
                 RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_RESET]);
+            if (!st->resp_started) {
+                const char *why = c->fail_reason;
+                int connect = never || (why && (!strcmp(why, "connect-failure") ||
+                                                !strcmp(why, "connect-timeout") ||
+                                                !strcmp(why, "tls-failure")));
+                try_report(st, connect ? RMR_OUT_CONNECT_FAILURE : RMR_OUT_RESET);
+                if (try_again(d, connect ? RMR_ATT_CONNECT_FAILURE : RMR_ATT_RESET, 0, 0))
+                    continue;
+            }
             if (!st->resp_started && c->fail_reason)
                 stream_fail(d, c->fail_status, c->fail_reason);
             else if (!st->resp_started)

@@ -89,7 +89,8 @@ typedef struct stream {
         keepalive : 1, replayable : 1, retried : 1, tunnel_ok : 1, has_cl : 1, client11 : 1,
         grpc : 1, trailers : 1, u2_open : 1, resp_eof : 1, resp_has_cl : 1, resp_nobody : 1,
         keep_body : 1, replay_over : 1, retry_wait : 1, retry_status : 1, held_req : 1,
-        held_retry : 1, budget_req : 1, probe : 1, idem_new : 1, cap_over : 1, has_idem_key : 1;
+        held_retry : 1, budget_req : 1, probe : 1, idem_new : 1, cap_over : 1, has_idem_key : 1,
+        up_sent : 1; /* an HTTP/2 upstream stream was opened for it already */
 } stream_t;
 
 struct conn {
@@ -162,6 +163,15 @@ void client_ip_fill(conn_t *d);
 void on_down_timer(rmr_loop_t *loop, rmr_timer_t *t);
 /* The outcome of the stream's current try, for outlier detection; once per try. */
 void try_report(stream_t *st, rmr_outcome_t o);
+/* The current try of d's stream failed (k; status for RMR_ATT_STATUS; Retry-After in ms or 0):
+ * 1 when another try is scheduled after the backoff (the caller leaves the upstream and answers
+ * nothing), 0 when the caller answers as without retries. */
+int try_again(conn_t *d, rmr_attempt_kind_t k, int status, int64_t retry_after_ms);
+/* The x-remora-deadline-ms to send upstream for d's stream (ms left of the route's timeout), or
+ * 0 when none is sent (no timeout or retries on the route, or the client sent one). */
+uint64_t deadline_header_ms(conn_t *d);
+/* The Retry-After of a response head, in ms from now; 0 when none or unreadable. */
+int64_t resp_retry_after_ms(const h1_msg_t *m);
 
 /* h2.c */
 /* A downstream connection turned out to speak HTTP/2 (preface or ALPN): starts its session and
@@ -183,8 +193,9 @@ void h2_local_reply(conn_t *d, int status, const char *reason);
 void h2_stream_closing(conn_t *d);
 /* c (either kind) is closing: its streams are reset or failed, its session freed. */
 void h2_conn_closing(conn_t *c);
-/* Sends the routed stream of d to an HTTP/2 upstream of its endpoint st->ep. 0, or -1 when it
- * failed (stream_fail was called). */
+/* Sends the routed stream of d to an HTTP/2 upstream of its endpoint st->ep; a second try sends
+ * the body kept for replay again. 0, or -1 when this try failed (stream_fail was called, or
+ * another try is scheduled). */
 int h2_up_dispatch(conn_t *d);
 /* The downstream side of an upstream HTTP/2 stream is gone: reset it. */
 void h2_up_cancel(stream_t *st);

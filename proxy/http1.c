@@ -37,7 +37,6 @@ static void deliver_eof(conn_t *c, int res);
 static void tls_refused(conn_t *d, const char *kind, const char *why);
 static void on_try_timer(rmr_loop_t *loop, rmr_timer_t *t);
 static void idem_release(stream_t *st);
-static int try_again(conn_t *d, rmr_attempt_kind_t k, int status, int64_t retry_after_ms);
 
 /* ---- buffers ---- */
 
@@ -1006,6 +1005,18 @@ static uint64_t deadline_ms(const stream_t *st)
     return st->start_us / 1000 + st->timeout_ms;
 }
 
+uint64_t deadline_header_ms(conn_t *d)
+{
+    const stream_t *st = d->st;
+    const route_rt_t *rt = stream_rt(st);
+    if (!rt || !rt->deadline || find_header(&st->req, "x-remora-deadline-ms") >= 0)
+        return 0;
+    /* the route's deadline, for the callee's sidecar (and app) to stop in time; now is the
+     * turn's clock, a little older than the request: clamp */
+    uint64_t dl = deadline_ms(st), now = d->w->loop.now_ms;
+    return dl <= now ? 1 : dl - now > st->timeout_ms ? st->timeout_ms : dl - now;
+}
+
 static void emit_headers(rmr_buf_t *b, const h1_msg_t *m, int skip_host)
 {
     for (uint32_t i = 0; i < m->nhdrs; i++) {
@@ -1065,17 +1076,9 @@ static void build_upstream_head(conn_t *d, rmr_buf_t *b)
         rmr_buf_str(b, st->idem_gen);
         rmr_buf_str(b, "\r\n");
     }
-    const route_rt_t *rt = stream_rt(st);
-    if (rt && rt->deadline) {
-        /* the route's deadline, for the callee's sidecar (and app) to stop in time */
-        uint64_t dl = deadline_ms(st), now = d->w->loop.now_ms;
-        if (find_header(m, "x-remora-deadline-ms") < 0)
-            /* now is the turn's clock, a little older than the request: clamp */
-            rmr_buf_printf(b, "x-remora-deadline-ms: %lu\r\n",
-                           (unsigned long)(dl <= now                   ? 1
-                                           : dl - now > st->timeout_ms ? st->timeout_ms
-                                                                       : dl - now));
-    }
+    uint64_t left = deadline_header_ms(d);
+    if (left)
+        rmr_buf_printf(b, "x-remora-deadline-ms: %lu\r\n", (unsigned long)left);
     rmr_buf_str(b, "\r\n");
 }
 
@@ -1186,7 +1189,7 @@ static void try_detach(conn_t *d)
  * budget all allow another try, which is then scheduled after the backoff; the caller leaves
  * the upstream and answers nothing. 0: the caller answers as without retries.
  */
-static int try_again(conn_t *d, rmr_attempt_kind_t k, int status, int64_t retry_after_ms)
+int try_again(conn_t *d, rmr_attempt_kind_t k, int status, int64_t retry_after_ms)
 {
     stream_t *st = d->st;
     worker_t *w = d->w;
@@ -2184,6 +2187,16 @@ void resp_end_out(conn_t *d)
     st->resp_done = 1;
 }
 
+int64_t resp_retry_after_ms(const h1_msg_t *m)
+{
+    int ra = find_header(m, "retry-after");
+    if (ra < 0)
+        return 0;
+    int64_t ms = rmr_retry_after_ms(h1_str(m, m->hdrs[ra].value), m->hdrs[ra].value.len,
+                                    (int64_t)time(NULL));
+    return ms > 0 ? ms : 0;
+}
+
 static int resp_on_headers_complete(llhttp_t *p)
 {
     conn_t *u = p->data;
@@ -2198,11 +2211,7 @@ static int resp_on_headers_complete(llhttp_t *p)
         rmr_timer_stop(&d->w->loop, &st->try_timer);
         try_report(st, status >= 500 ? RMR_OUT_5XX : RMR_OUT_SUCCESS);
         if (status >= 400 && stream_rt(st)) {
-            int ra = find_header(m, "retry-after");
-            int64_t ra_ms = ra >= 0 ? rmr_retry_after_ms(h1_str(m, m->hdrs[ra].value),
-                                                         m->hdrs[ra].value.len, (int64_t)time(NULL))
-                                    : 0;
-            if (try_again(d, RMR_ATT_STATUS, status, ra_ms)) {
+            if (try_again(d, RMR_ATT_STATUS, status, resp_retry_after_ms(m))) {
                 /* this response is dropped, with its connection; up_feed leaves it */
                 st->retry_status = 1;
                 return -1;
