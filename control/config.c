@@ -289,6 +289,8 @@ static void config_free(rmr_config_t *c)
     free(c->source);
     free(c->node);
     free(c->service_name);
+    free(c->access_log);
+    free(c->labels);
     if (c->admin) {
         rmr_addr_clear(c->admin);
         free(c->admin);
@@ -969,6 +971,44 @@ static rmr_config_t *compile(const struct ctx *x, Mesh *mesh, Bootstrap *boot, c
     }
     if ((rc = bootstrap_limits(x, boot->limits, &c->limits)) < 0)
         goto fail;
+    if (!empty(boot->access_log)) {
+        const char *al = boot->access_log, *slash = strrchr(source, '/');
+        if (!strcmp(al, "-") || al[0] == '/' || !slash)
+            c->access_log = strdup(al);
+        else if (asprintf(&c->access_log, "%.*s/%s", (int)(slash - source), source, al) < 0)
+            c->access_log = NULL;
+        if (!c->access_log)
+            goto nomem;
+    }
+    c->lane_ttl_ms = 300000;
+    c->lane_max = 100000;
+    if (boot->lane_memory) {
+        uint32_t ms = 0;
+        if (boot->lane_memory->ttl) {
+            if (dur_ms(x, &x->boot, "lane_memory.ttl", boot->lane_memory->ttl, 1, false, &ms) < 0) {
+                rc = -EINVAL;
+                goto fail;
+            }
+            c->lane_ttl_ms = ms;
+        }
+        if (boot->lane_memory->max_entries > 10000000) {
+            rc = verr(&x->boot, x->err, "lane_memory.max_entries", "at most 10000000, got %u",
+                      boot->lane_memory->max_entries);
+            goto fail;
+        }
+        if (boot->lane_memory->max_entries)
+            c->lane_max = boot->lane_memory->max_entries;
+    }
+    if (boot->n_labels) {
+        c->labels = calloc(boot->n_labels, sizeof(*c->labels));
+        if (!c->labels)
+            goto nomem;
+        for (size_t i = 0; i < boot->n_labels; i++) {
+            c->labels[i].key = boot->labels[i]->key;
+            c->labels[i].value = boot->labels[i]->value;
+        }
+        c->n_labels = boot->n_labels;
+    }
     if (boot->tls) {
         const char *files[3] = {boot->tls->cert, boot->tls->key, boot->tls->ca};
         static const char *const names[3] = {"tls.cert", "tls.key", "tls.ca"};
@@ -1404,8 +1444,18 @@ rmr_config_t *rmr_config_with_endpoints(const rmr_config_t *c, size_t svc, const
     d->source = sdup(c->source, &ok);
     d->node = sdup(c->node, &ok);
     d->service_name = sdup(c->service_name, &ok);
+    d->access_log = sdup(c->access_log, &ok);
+    d->lane_ttl_ms = c->lane_ttl_ms;
+    d->lane_max = c->lane_max;
     if (!ok)
         goto fail;
+    if (c->n_labels) {
+        d->labels = calloc(c->n_labels, sizeof(*d->labels));
+        if (!d->labels)
+            goto fail;
+        memcpy(d->labels, c->labels, c->n_labels * sizeof(*d->labels)); /* into the shared pb */
+        d->n_labels = c->n_labels;
+    }
     if (c->admin) {
         d->admin = calloc(1, sizeof(*d->admin));
         if (!d->admin || addr_copy(d->admin, c->admin) < 0)

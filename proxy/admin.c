@@ -320,6 +320,34 @@ char *admin_render_prometheus(unsigned nw)
         struct idem_walk iw = {&b, f};
         filters_idem_each(idem_metric, &iw);
     }
+    gray_render_prometheus(&b, nw);
+    rmr_lanes_t *lanes = gray_lanes_store();
+    if (lanes) {
+        rmr_lanes_stats_t ls;
+        rmr_lanes_get_stats(lanes, &ls);
+        rmr_buf_printf(&b,
+                       "# HELP remora_lane_memory_entries Traces whose lane is remembered.\n"
+                       "# TYPE remora_lane_memory_entries gauge\nremora_lane_memory_entries %lu\n"
+                       "# HELP remora_lane_memory_total Lane memory operations, by kind.\n"
+                       "# TYPE remora_lane_memory_total counter\n"
+                       "remora_lane_memory_total{op=\"put\"} %lu\n"
+                       "remora_lane_memory_total{op=\"hit\"} %lu\n"
+                       "remora_lane_memory_total{op=\"miss\"} %lu\n"
+                       "remora_lane_memory_total{op=\"eviction\"} %lu\n"
+                       "remora_lane_memory_total{op=\"expired\"} %lu\n",
+                       (unsigned long)ls.entries, (unsigned long)ls.puts, (unsigned long)ls.hits,
+                       (unsigned long)ls.misses, (unsigned long)ls.evictions,
+                       (unsigned long)ls.expired);
+    }
+    rmr_buf_printf(&b,
+                   "# HELP remora_access_log_dropped_total Access-log lines dropped: the log could "
+                   "not keep up.\n# TYPE remora_access_log_dropped_total counter\n"
+                   "remora_access_log_dropped_total %lu\n"
+                   "# HELP remora_access_log_errors_total Access-log writes that failed.\n"
+                   "# TYPE remora_access_log_errors_total counter\n"
+                   "remora_access_log_errors_total %lu\n",
+                   (unsigned long)__atomic_load_n(&rmr_alog_dropped, __ATOMIC_RELAXED),
+                   (unsigned long)__atomic_load_n(&rmr_alog_errors, __ATOMIC_RELAXED));
     rmr_buf_append(&b, "", 1);
     if (b.oom) {
         rmr_buf_free(&b);

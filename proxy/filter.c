@@ -175,7 +175,6 @@ void filters_init(void)
 
 int filters_view_setup(worker_t *w, view_t *v)
 {
-    (void)w;
     for (uint32_t i = 0; i < v->n_clusters; i++)
         if (cluster_setup(&v->clusters[i]) < 0)
             return -1;
@@ -186,11 +185,12 @@ int filters_view_setup(worker_t *w, view_t *v)
     for (size_t i = 0; i < cfg->n_routes; i++)
         if (route_setup(&v->routes[i], &cfg->routes[i]) < 0)
             return -1;
-    return 0;
+    return gray_view_setup(w, v);
 }
 
 void filters_view_free(view_t *v)
 {
+    gray_view_free(v);
     free(v->routes);
     v->routes = NULL;
 }

@@ -1035,7 +1035,7 @@ int h2_up_dispatch(conn_t *d)
             stream_fail(d, 502, "connect-failure");
         return -1;
     }
-    if (st->up_sent && st->keep_body) {
+    if ((st->up_sent || st->body_held) && st->keep_body) {
         /* another try: the body so far goes again, from the copy kept for replay */
         if (st->reqbody)
             st->reqbody->len = st->reqbody_off = 0;

@@ -90,7 +90,19 @@ typedef struct stream {
         grpc : 1, trailers : 1, u2_open : 1, resp_eof : 1, resp_has_cl : 1, resp_nobody : 1,
         keep_body : 1, replay_over : 1, retry_wait : 1, retry_status : 1, held_req : 1,
         held_retry : 1, budget_req : 1, probe : 1, idem_new : 1, cap_over : 1, has_idem_key : 1,
-        up_sent : 1; /* an HTTP/2 upstream stream was opened for it already */
+        up_sent : 1, /* an HTTP/2 upstream stream was opened for it already */
+        fault : 2,   /* 1: aborted by a fault, 2: delayed by one */
+        mirrored : 1, mirror_want : 1, replayed : 1, lane_in_req : 1,
+        body_held : 1; /* the body waits in the replay copy for a delayed first try */
+    /* gray release (gray.c) */
+    const subset_t *subset;              /* the subset that served, NULL: no route */
+    uint8_t order[RMR_GRAY_SUBSETS_MAX]; /* the split's subsets in the order to try them */
+    uint8_t n_order;
+    int8_t lane_sub; /* the route's lane subset for the request's lane, -1: none */
+    uint8_t lane_len;
+    char lane[RMR_LANE_MAX + 1];
+    uint32_t fault_delay_ms;
+    const char *reason; /* of a local reply (static text), for the access log */
 } stream_t;
 
 struct conn {
@@ -167,6 +179,21 @@ void try_report(stream_t *st, rmr_outcome_t o);
  * 1 when another try is scheduled after the backoff (the caller leaves the upstream and answers
  * nothing), 0 when the caller answers as without retries. */
 int try_again(conn_t *d, rmr_attempt_kind_t k, int status, int64_t retry_after_ms);
+/* gray.c: the request side of gray release. gray_match: the first route whose match holds, or
+ * -1. gray_request: lane, subsets, faults and the mirror decision of a routed request; 0: go
+ * on, 1: answered (a fault abort), 2: delay the first try by st->fault_delay_ms. gray_pick:
+ * the endpoint of a try. gray_account: a request (1) or its response (0) in the route and
+ * subset stats. gray_mirror_start at the first dispatch, gray_mirror_end once the request body
+ * is whole: send the shadow copy when one is due. */
+int gray_match(conn_t *d, const char *host, size_t hlen, const char *path, size_t plen);
+int gray_request(conn_t *d, int inbound);
+endpoint_t *gray_pick(worker_t *w, stream_t *st, const endpoint_t *avoid, int *probe);
+void gray_account(stream_t *st, int request);
+void gray_mirror_start(conn_t *d);
+void gray_mirror_end(conn_t *d);
+/* alog.c: the access-log line of d's stream */
+void alog_request(conn_t *d, const stream_t *st);
+#define RETRY_BODY_MAX (64 * 1024) /* request body kept to send again on a retry */
 /* The x-remora-deadline-ms to send upstream for d's stream (ms left of the route's timeout), or
  * 0 when none is sent (no timeout or retries on the route, or the client sent one). */
 uint64_t deadline_header_ms(conn_t *d);

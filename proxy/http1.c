@@ -113,6 +113,11 @@ void stream_free(conn_t *d)
     if (!st)
         return;
     d->st = NULL;
+    if (st->start_us) {
+        if (st->route >= 0 && st->status)
+            gray_account(st, 0);
+        alog_request(d, st);
+    }
     if (st->u2)
         h2_up_cancel(st);
     wbuf_put(d->w, st->reqbody);
@@ -674,6 +679,11 @@ const char *reason_text(const char *reason)
  */
 void local_reply(conn_t *d, int status, const char *reason, int keep)
 {
+    if (d->st) {
+        d->st->reason = reason;
+        if (!d->st->status)
+            d->st->status = status;
+    }
     if (d->virt) {
         h2_local_reply(d, status, reason);
         return;
@@ -840,6 +850,7 @@ stream_t *stream_new(conn_t *d)
     st->keepalive = 1;
     st->d = d;
     st->route = -1;
+    st->lane_sub = -1;
     st->try_timer.cb = on_try_timer;
     list_init(&st->u2link);
     return st;
@@ -935,48 +946,18 @@ static ssize_t route_request(conn_t *d, const char *host, size_t hlen, const cha
     const rmr_listener_conf_t *lc = &cfg->listeners[d->lst->index];
     if (lc->inbound)
         return (ssize_t)lc->inbound_service;
-    const char *q = memchr(path, '?', plen); /* paths match without the query */
-    if (q)
-        plen = (size_t)(q - path);
-    const char *method = d->st->method;
-    char pathz[2048];
-    int have_pathz = 0;
-    for (size_t i = 0; i < cfg->n_routes; i++) {
+    int i = gray_match(d, host, hlen, path, plen);
+    if (i >= 0) {
         const rmr_route_conf_t *r = &cfg->routes[i];
-        if (r->method && strcmp(r->method, method))
-            continue;
-        if (r->path_re) {
-            if (plen >= sizeof(pathz))
-                continue; /* longer than any route regex is meant for */
-            if (!have_pathz) {
-                memcpy(pathz, path, plen);
-                pathz[plen] = 0;
-                have_pathz = 1;
-            }
-            if (regexec(r->path_re, pathz, 0, NULL, 0) != 0)
-                continue;
-        }
-        if (r->match_service &&
-            (strlen(r->match_service) != hlen || strncasecmp(r->match_service, host, hlen)))
-            continue;
-        if (r->path_exact && (strlen(r->path_exact) != plen || memcmp(r->path_exact, path, plen)))
-            continue;
-        if (r->path_prefix && r->path_prefix[0]) {
-            size_t n = strlen(r->path_prefix);
-            if (plen < n || memcmp(r->path_prefix, path, n))
-                continue;
-        }
         if (r->timeout_ms)
             *timeout_ms = r->timeout_ms;
-        *route = (int)i;
+        *route = i;
         return (ssize_t)r->service;
     }
     if (host)
         return rmr_config_service(cfg, host, hlen);
     return -1;
 }
-
-#define RETRY_BODY_MAX (64 * 1024) /* request body kept to send again on a retry */
 
 static int find_header(const h1_msg_t *m, const char *lname)
 {
@@ -1297,6 +1278,7 @@ static void idem_replay(conn_t *d)
         stream_fail(d, 422, "idempotency-key-mismatch");
         return;
     }
+    st->replayed = 1;
     /* The stored head becomes the response message, as if the app had sent it again. */
     h1_msg_t *m = &st->resp;
     h1_msg_reset(m);
@@ -1527,8 +1509,19 @@ void stream_route(conn_t *d)
     st->cluster = &st->view->clusters[svc];
     RMR_STAT_INC(st->cluster->stats->requests);
     st->replayable = st->req_out == FRAME_NONE && !st->upgrade;
-    if (filters_request(d) == 0)
-        stream_dispatch(d);
+    int g = gray_request(d, cfg->listeners[d->lst->index].inbound);
+    if (g == 1)
+        return; /* a fault answered */
+    if (filters_request(d) != 0)
+        return;
+    gray_account(st, 1);
+    if (g == 2) {
+        /* a fault delay: the try timer dispatches, as after a backoff */
+        st->retry_wait = 1;
+        rmr_timer_set(&w->loop, &st->try_timer, st->fault_delay_ms);
+        return;
+    }
+    stream_dispatch(d);
 }
 
 static int req_on_headers_complete(llhttp_t *p)
@@ -1631,6 +1624,8 @@ void req_end_out(conn_t *d)
         idem_replay(d);
         return;
     }
+    if (st->mirror_want)
+        gray_mirror_end(d);
     if (st->u2)
         h2_up_body(d);
     else if (d->peer && st->req_out == FRAME_CHUNKED)
@@ -1905,13 +1900,14 @@ static void stream_dispatch(conn_t *d)
     stream_t *st = d->st;
     worker_t *w = d->w;
     int probe = 0;
-    endpoint_t *ep = cluster_pick(w, st->cluster, st->last_ep, &probe);
+    endpoint_t *ep = gray_pick(w, st, st->last_ep, &probe);
     if (!ep) {
         RMR_STAT_INC(st->cluster->stats->upstream_errors[RMR_UERR_NO_ENDPOINT]);
         stream_fail(d, 503, st->cluster->n_endpoints ? "no-healthy-endpoint" : "no-endpoint");
         return;
     }
-    st->attempt++;
+    if (!st->attempt++ && st->mirror_want)
+        gray_mirror_start(d);
     st->probe = probe;
     /* the try's start, for the latency outlier check; only "a try is open" without one */
     st->try_start_us = st->cluster->outlier ? rmr_clock_us() : 1;
@@ -1980,7 +1976,8 @@ static void stream_dispatch(conn_t *d)
         return;
     }
     build_upstream_head(d, b);
-    if (st->attempt > 1 && st->replay && st->replay->len) {
+    int resend = st->attempt > 1 || st->body_held;
+    if (resend && st->replay && st->replay->len) {
         /* a retry: the body so far goes again; what is still to come follows as it arrives */
         if (st->req_out == FRAME_CHUNKED)
             rmr_buf_printf(b, "%zx\r\n", st->replay->len);
@@ -1988,7 +1985,7 @@ static void stream_dispatch(conn_t *d)
         if (st->req_out == FRAME_CHUNKED)
             rmr_buf_append(b, "\r\n", 2);
     }
-    if (st->attempt > 1 && st->req_done && st->req_out == FRAME_CHUNKED)
+    if (resend && st->req_done && st->req_out == FRAME_CHUNKED)
         rmr_buf_append(b, "0\r\n\r\n", 5);
     if (b->oom) {
         stream_fail(d, 503, "out-of-memory");

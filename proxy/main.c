@@ -120,6 +120,10 @@ static void reload(void)
         return;
     }
     rmr_tls_identities(cfg);
+    /* SIGHUP reopens the access log too (rotation); a log that cannot be opened keeps the
+     * old one */
+    if (alog_reopen(cfg->access_log, terr, sizeof(terr)) < 0)
+        RMR_ERR("reload: %s; the access log stays as it was", terr);
     rmr_config_publish(dns_fill(cfg));
     dns_config_changed();
     __atomic_add_fetch(&rmr_config_reloads, 1, __ATOMIC_RELAXED);
@@ -309,6 +313,11 @@ int main(int argc, char **argv)
         return 2;
     }
     rmr_tls_identities(cfg);
+    if (cfg->access_log && alog_open(cfg->access_log, terr, sizeof(terr)) < 0) {
+        fprintf(stderr, "remora: %s: %s\n", cfg->source, terr);
+        rmr_config_unref(cfg);
+        return 2;
+    }
     if (workers)
         cfg->workers = (unsigned)workers;
     if (!cfg->workers) {

@@ -18,6 +18,9 @@
 #include "remora/breaker.h"
 #include "remora/idem.h"
 #include "remora/retry.h"
+#include "remora/gray.h"
+#include "remora/match.h"
+#include "remora/mirror.h"
 
 typedef struct worker worker_t;
 typedef struct view view_t;
@@ -81,11 +84,47 @@ struct cluster {
     int outlier;      /* outlier detection configured */
 };
 
+/* One worker's counters for one route and subset (gray.c). */
+typedef struct rmr_subset_counters {
+    uint64_t requests;
+    uint64_t responses[6]; /* index = status / 100 */
+    uint64_t mirrored;
+} __attribute__((aligned(64))) rmr_subset_counters_t;
+typedef struct rmr_subset_stats rmr_subset_stats_t;
+
+/* The endpoints of a cluster that a label selector picks, as one view sees them. */
+typedef struct subset {
+    char *name;    /* "version=v2" as written ("" for all endpoints), for logs and stats */
+    uint32_t n;    /* endpoints */
+    uint32_t *idx; /* into the cluster's endpoints */
+    rmr_subset_stats_t *stats;
+} subset_t;
+
+/* A route's gray release (gray.c). */
+typedef struct gray {
+    subset_t all; /* every endpoint: the stats of a route without split */
+    uint32_t n_split;
+    subset_t *split;
+    uint32_t weights[RMR_GRAY_SUBSETS_MAX];
+    uint64_t ids[RMR_GRAY_SUBSETS_MAX];
+    rmr_swrr_t swrr;                           /* this worker's weighted round robin */
+    const char *sticky_header, *sticky_cookie; /* into the config's messages; NULL: none */
+    const char *lane_header;                   /* NULL: the default, x-lane */
+    uint32_t n_lanes;
+    const char **lane_names;
+    subset_t *lanes;
+    subset_t mirror;
+    uint32_t mirror_ppm; /* share of requests mirrored, per million */
+    uint32_t delay_ppm, delay_ms, abort_ppm, abort_status;
+    int fault_header; /* x-remora-fault honoured */
+} gray_t;
+
 /* A route's filters, as one view sees them. */
 typedef struct route_rt {
     rmr_retry_policy_t retry; /* attempts 1: no retry */
     rmr_bucket_t *bucket;     /* rate_limit; NULL when none */
     int deadline;             /* send x-remora-deadline-ms: the route sets a timeout or retries */
+    gray_t gray;
 } route_rt_t;
 
 /* One worker's view of one config snapshot. Streams hold a reference so that a reload never
@@ -96,6 +135,10 @@ struct view {
     uint32_t n_clusters;
     cluster_t *clusters;
     route_rt_t *routes; /* one per config route */
+    rmr_matcher_t *matcher;
+    rmr_lanes_t *lanes;        /* the process's lane memory */
+    const char **lane_headers; /* every lane header the routes name (x-lane by default) */
+    uint32_t n_lane_headers;
 };
 
 /* A TCP connection, to a client (downstream) or to an upstream endpoint. */
@@ -140,6 +183,14 @@ struct worker {
     unsigned nfree_streams;
     uint64_t rng;
     rmr_counters_t *unrouted; /* this worker's slot of the stats of service "" */
+    rmr_mirror_t *mirror;     /* shadow requests in flight */
+    /* the access log (alog.c) */
+    rmr_buf_t alog_buf, alog_out; /* lines being added; lines being written */
+    size_t alog_off;              /* of alog_out, written so far */
+    rmr_op_t alog_op;
+    int alog_busy, alog_warned;
+    long alog_sec;
+    char alog_stamp[32];
 };
 
 /* The global state shared by main and workers. */
@@ -166,6 +217,21 @@ static inline uint64_t worker_rand(worker_t *w)
     w->rng = x;
     return x * 0x2545F4914F6CDD1DULL;
 }
+
+/* gray.c: routing, subsets, lanes, mirroring and faults */
+int gray_view_setup(worker_t *w, view_t *v);
+void gray_view_free(view_t *v);
+void gray_render_prometheus(rmr_buf_t *b, unsigned nworkers);
+rmr_lanes_t *gray_lanes_store(void); /* the lane memory, NULL before the first view */
+
+/* alog.c: the access log. alog_open/alog_reopen on the main thread (path "-": standard output,
+ * NULL: none); the rest on each worker. */
+int alog_open(const char *path, char *err, size_t errlen);
+int alog_reopen(const char *path, char *err, size_t errlen);
+int alog_enabled(void);
+void alog_tick(worker_t *w);
+void alog_worker_exit(worker_t *w);
+extern uint64_t rmr_alog_dropped, rmr_alog_errors;
 
 /* filter.c: the filters of a view (built with it), and their admin output */
 void filters_init(void);
@@ -214,6 +280,7 @@ struct tls_ctx *rmr_tls_client_ctx(rmr_tls_mode_t mode, int h2);
 void rmr_tls_identities(rmr_config_t *c);
 
 /* upstream.c */
-endpoint_t *cluster_pick(worker_t *w, cluster_t *c, const endpoint_t *avoid, int *probe);
+endpoint_t *cluster_pick(worker_t *w, cluster_t *c, const subset_t *sub, const endpoint_t *avoid,
+                         int *probe);
 
 #endif

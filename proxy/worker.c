@@ -218,6 +218,7 @@ static void on_filter_timer(rmr_loop_t *loop, rmr_timer_t *t)
 {
     worker_t *w = (worker_t *)((char *)t - offsetof(worker_t, filter_timer));
     filters_tick(w);
+    alog_tick(w);
     rmr_timer_set(loop, t, 100);
 }
 
@@ -296,6 +297,9 @@ static void *worker_main(void *arg)
             goto fail;
         }
     }
+    w->mirror = rmr_mirror_new(&w->loop, 64, 4u << 20); /* NULL: mirroring is off here */
+    if (!w->mirror)
+        RMR_WARN("out of memory for mirroring: requests are not mirrored by this worker");
     sem_post(&w->started);
     w->filter_timer.cb = on_filter_timer;
     rmr_timer_set(&w->loop, &w->filter_timer, 100);
@@ -310,6 +314,13 @@ static void *worker_main(void *arg)
     uint64_t deadline = rmr_clock_ms() + 500;
     while (w->nalloc && rmr_clock_ms() < deadline)
         rmr_loop_turn(&w->loop, 10);
+    rmr_mirror_free(w->mirror); /* cancels the shadows in flight, turning the loop */
+    w->mirror = NULL;
+    alog_tick(w);
+    while (w->alog_busy && rmr_clock_ms() < deadline + 500)
+        rmr_loop_turn(&w->loop, 10);
+    if (!w->alog_busy)
+        alog_worker_exit(w);
     for (size_t i = 0; i < w->n_listeners; i++)
         if (w->listeners[i].fd >= 0)
             close(w->listeners[i].fd);

@@ -136,6 +136,12 @@ typedef struct rmr_config {
     size_t n_routes;
     rmr_route_conf_t *routes;
     rmr_limits_t limits;
+    char *access_log;     /* bootstrap access_log resolved against its folder, "-" for stdout;
+                             NULL: none */
+    uint32_t lane_ttl_ms; /* lane memory: default 300000 */
+    uint32_t lane_max;    /* default 100000 */
+    size_t n_labels;      /* this sidecar's own labels (bootstrap labels), into boot_pb */
+    rmr_label_t *labels;
     /* This sidecar's certificate files (bootstrap `tls:`), resolved against the bootstrap's
      * folder, or set from the command line; NULL when none. Valid in every copy. */
     const char *tls_cert, *tls_key, *tls_ca;
