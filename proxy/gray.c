@@ -191,6 +191,7 @@ static int subset_build(subset_t *s, const cluster_t *c, const Remora__V1__Selec
         if (rmr_selector_match(want, nw, e->labels, e->n_labels))
             s->idx[s->n++] = k;
     }
+    s->rr = c->rr; /* the worker's starting point, so workers do not all start together */
     s->stats = subset_stats(route, s->name);
     return s->stats ? 0 : -1;
 }
@@ -394,6 +395,10 @@ int gray_view_setup(worker_t *w, view_t *v)
     for (size_t i = 0; i < cfg->n_routes; i++) {
         if (gray_route_setup(v, &v->routes[i], &cfg->routes[i]) < 0)
             return -1;
+        const char *ms = cfg->routes[i].match_service;
+        ssize_t ci = ms ? rmr_config_service(cfg, ms, strlen(ms)) : -1;
+        if (ci >= 0 && (size_t)ci < v->n_clusters)
+            v->clusters[ci].routed = 1;
         const char *lh = v->routes[i].gray.lane_header;
         if (lh && add_lane_header(v, lh) < 0)
             return -1;

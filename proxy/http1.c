@@ -954,8 +954,13 @@ static ssize_t route_request(conn_t *d, const char *host, size_t hlen, const cha
         *route = i;
         return (ssize_t)r->service;
     }
-    if (host)
-        return rmr_config_service(cfg, host, hlen);
+    if (host) {
+        /* a service is reachable by its name, unless routes own its host */
+        ssize_t svc = rmr_config_service(cfg, host, hlen);
+        if (svc >= 0 && (size_t)svc < d->st->view->n_clusters && d->st->view->clusters[svc].routed)
+            return -1;
+        return svc;
+    }
     return -1;
 }
 
@@ -1514,7 +1519,6 @@ void stream_route(conn_t *d)
         return; /* a fault answered */
     if (filters_request(d) != 0)
         return;
-    gray_account(st, 1);
     if (g == 2) {
         /* a fault delay: the try timer dispatches, as after a backoff */
         st->retry_wait = 1;
@@ -1906,8 +1910,11 @@ static void stream_dispatch(conn_t *d)
         stream_fail(d, 503, st->cluster->n_endpoints ? "no-healthy-endpoint" : "no-endpoint");
         return;
     }
-    if (!st->attempt++ && st->mirror_want)
-        gray_mirror_start(d);
+    if (!st->attempt++) {
+        gray_account(st, 1); /* in the subset that serves the first try */
+        if (st->mirror_want)
+            gray_mirror_start(d);
+    }
     st->probe = probe;
     /* the try's start, for the latency outlier check; only "a try is open" without one */
     st->try_start_us = st->cluster->outlier ? rmr_clock_us() : 1;

@@ -82,6 +82,8 @@ struct cluster {
     rmr_budget_t *budget;
     rmr_idem_t *idem; /* inbound de-duplication; NULL when off */
     int outlier;      /* outlier detection configured */
+    int routed;       /* routes name its host: a request none of them matches is not sent to
+                         it by name (404) */
 };
 
 /* One worker's counters for one route and subset (gray.c). */
@@ -97,6 +99,7 @@ typedef struct subset {
     char *name;    /* "version=v2" as written ("" for all endpoints), for logs and stats */
     uint32_t n;    /* endpoints */
     uint32_t *idx; /* into the cluster's endpoints */
+    uint32_t rr;   /* round robin within the subset (this worker's) */
     rmr_subset_stats_t *stats;
 } subset_t;
 

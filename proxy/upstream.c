@@ -36,7 +36,8 @@ static endpoint_t *lb_pick(worker_t *w, cluster_t *c, const subset_t *sub, uint3
             break;
         case RMR_LB_ROUND_ROBIN:
         default:
-            i = c->rr++ % n;
+            /* a subset keeps its own turn: the cluster's would be skewed by the others' picks */
+            i = (sub ? ((subset_t *)sub)->rr++ : c->rr++) % n;
             break;
         }
     }
