@@ -380,7 +380,13 @@ def test_mirror_body_copied(make_remora, make_upstream):
     body = b"".join(b"%05d," % i for i in range(2000))
     resp = rawhttp.get(r.outbound, "/pay", host="checkout", method="POST", body=body)
     assert resp.status == 200
-    assert harness.wait_until(lambda: shadow.requests == 1, 5, 0.05)
+    # the upstream logs a request at its head and adds the body's digest once it is read
+    def shadow_read():
+        with shadow.lock:
+            return shadow.log and "body_sha256" in shadow.log[0]
+
+    assert harness.wait_until(shadow_read, 5, 0.05)
+    assert shadow.requests == 1
     with shadow.lock:
         rec = shadow.log[0]
     with live.lock:
