@@ -321,6 +321,7 @@ char *admin_render_prometheus(unsigned nw)
         filters_idem_each(idem_metric, &iw);
     }
     gray_render_prometheus(&b, nw);
+    trace_render_prometheus(&b);
     rmr_lanes_t *lanes = gray_lanes_store();
     if (lanes) {
         rmr_lanes_stats_t ls;

@@ -389,6 +389,7 @@ int gray_view_setup(worker_t *w, view_t *v)
 {
     (void)w;
     const rmr_config_t *cfg = v->config;
+    trace_view_setup(v);
     v->matcher = matcher_build(cfg);
     if (!v->matcher)
         return -1;

@@ -103,6 +103,12 @@ typedef struct stream {
     char lane[RMR_LANE_MAX + 1];
     uint32_t fault_delay_ms;
     const char *reason; /* of a local reply (static text), for the access log */
+    /* tracing (trace.c) */
+    uint8_t trace_id[16], trace_parent[8], span_id[8];
+    uint64_t trace_start_ns;
+    void *trace_ev; /* retry events, malloc'd on the first */
+    uint8_t trace_nev;
+    unsigned trace_live : 1, trace_has_parent : 1, trace_sampled : 1;
 } stream_t;
 
 struct conn {
@@ -191,6 +197,13 @@ endpoint_t *gray_pick(worker_t *w, stream_t *st, const endpoint_t *avoid, int *p
 void gray_account(stream_t *st, int request);
 void gray_mirror_start(conn_t *d);
 void gray_mirror_end(conn_t *d);
+/* trace.c: the trace context of a routed request (read, then rewritten for upstream), an event
+ * per retry, and the span at the stream's end. msg_add_own: adds a header of remora's own to a
+ * request (not counted against the client's limits); -1 leaves the request as it was. */
+void trace_request(conn_t *d);
+void trace_attempt(stream_t *st, const char *reason);
+void trace_finish(conn_t *d, stream_t *st);
+int msg_add_own(h1_msg_t *m, const char *name, const char *value, size_t vlen);
 /* alog.c: the access-log line of d's stream */
 void alog_request(conn_t *d, const stream_t *st);
 #define RETRY_BODY_MAX (64 * 1024) /* request body kept to send again on a retry */

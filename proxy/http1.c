@@ -116,6 +116,7 @@ void stream_free(conn_t *d)
     if (st->start_us) {
         if (st->route >= 0 && st->status)
             gray_account(st, 0);
+        trace_finish(d, st);
         alog_request(d, st);
     }
     if (st->u2)
@@ -1220,6 +1221,7 @@ int try_again(conn_t *d, rmr_attempt_kind_t k, int status, int64_t retry_after_m
     }
     st->held_retry = 1;
     RMR_STAT_INC(st->cluster->stats->retries[rmr_retry_reason_of(why)]);
+    trace_attempt(st, why);
     RMR_DEBUG("retry %u of %s %s to %s: %s, in %lu ms", st->attempt, st->method,
               st->cluster->conf->name, st->ep ? st->ep->conf->addr.text : "-", why,
               (unsigned long)wait);
@@ -1514,6 +1516,8 @@ void stream_route(conn_t *d)
     st->cluster = &st->view->clusters[svc];
     RMR_STAT_INC(st->cluster->stats->requests);
     st->replayable = st->req_out == FRAME_NONE && !st->upgrade;
+    if (st->view->trace_on)
+        trace_request(d);
     int g = gray_request(d, cfg->listeners[d->lst->index].inbound);
     if (g == 1)
         return; /* a fault answered */

@@ -357,6 +357,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "remora: out of memory\n");
         return 1;
     }
+    if (trace_exporter_start(cfg, terr, sizeof(terr)) < 0) {
+        fprintf(stderr, "remora: %s: %s\n", cfg->source, terr);
+        return 2;
+    }
     rmr_config_publish(rmr_config_ref(cfg)); /* main keeps its own reference to cfg */
     /* Resolve DNS services before the first request can need them (at most a second). */
     ret = dns_start(&m.loop);
@@ -396,6 +400,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < rmr_g.nworkers; i++)
         pthread_join(rmr_g.workers[i].thread, NULL);
     dns_stop();
+    trace_exporter_stop(); /* what the workers finished goes out once more */
     rmr_config_unref(cfg);
     RMR_INFO("stopped");
     pthread_mutex_lock(&rmr_g.config_lock);

@@ -142,6 +142,9 @@ struct view {
     rmr_lanes_t *lanes;        /* the process's lane memory */
     const char **lane_headers; /* every lane header the routes name (x-lane by default) */
     uint32_t n_lane_headers;
+    /* tracing (trace.c): the mesh's tracing block */
+    int trace_on, trace_w3c, trace_b3;
+    uint32_t trace_ppm; /* head sampling, per million */
 };
 
 /* A TCP connection, to a client (downstream) or to an upstream endpoint. */
@@ -187,6 +190,7 @@ struct worker {
     uint64_t rng;
     rmr_counters_t *unrouted; /* this worker's slot of the stats of service "" */
     rmr_mirror_t *mirror;     /* shadow requests in flight */
+    struct span_q *spanq;     /* finished spans for the exporter (trace.c); NULL: none */
     /* the access log (alog.c) */
     rmr_buf_t alog_buf, alog_out; /* lines being added; lines being written */
     size_t alog_off;              /* of alog_out, written so far */
@@ -226,6 +230,13 @@ int gray_view_setup(worker_t *w, view_t *v);
 void gray_view_free(view_t *v);
 void gray_render_prometheus(rmr_buf_t *b, unsigned nworkers);
 rmr_lanes_t *gray_lanes_store(void); /* the lane memory, NULL before the first view */
+
+/* trace.c: spans and their export. trace_view_setup reads the mesh's tracing block into a view;
+ * the exporter (a thread of its own) starts before the workers serve and stops after them. */
+void trace_view_setup(view_t *v);
+int trace_exporter_start(const rmr_config_t *cfg, char *err, size_t errlen);
+void trace_exporter_stop(void);
+void trace_render_prometheus(rmr_buf_t *b);
 
 /* alog.c: the access log. alog_open/alog_reopen on the main thread (path "-": standard output,
  * NULL: none); the rest on each worker. */

@@ -42,7 +42,7 @@ DEB_PACKAGES=(liburing-dev libnghttp2-dev libssl-dev libc-ares-dev libprotobuf-c
     protobuf-c-compiler libyaml-dev meson ninja-build pkg-config gcc clang libclang-rt-14-dev
     node-llhttp curl wrk python3-pytest python3-pytest-timeout python3-h2 python3-yaml
     python3-grpcio python3-protobuf nghttp2-client nghttp2-proxy openssl haproxy nginx-light
-    iproute2 procps
+    iproute2 procps nodejs npm
     clang-format)
 
 install_deps() {
@@ -72,6 +72,12 @@ install_deps() {
 if command -v dpkg-query >/dev/null; then
     log "dependencies"
     install_deps || echo "warning: could not install every package; continuing" >&2
+fi
+# The OTLP decoder the tracing tests check exported bytes with (npm's generated protobuf code).
+if command -v npm >/dev/null && [ ! -d tests/e2e/otlp/node_modules/@opentelemetry/otlp-transformer ]; then
+    log "npm: the OTLP decoder for the tracing tests"
+    (cd tests/e2e/otlp && npm install --no-audit --no-fund --loglevel=error) ||
+        echo "warning: npm install failed; the tracing tests will fail" >&2
 fi
 
 # ---- helpers -------------------------------------------------------------------------------

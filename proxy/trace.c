@@ -1,0 +1,1011 @@
+/*
+ * Full-link tracing in the data plane: trace context propagation (W3C traceparent, B3 single and
+ * multi-header, x-request-id), one span per request (SERVER on the inbound listener, CLIENT on
+ * the outbound one) with an event per retry, and OTLP/HTTP export off the request path.
+ *
+ * Propagation: the incoming context is read from traceparent, else from b3, else from
+ * X-B3-TraceId/X-B3-SpanId/X-B3-Sampled; with none a new trace starts, sampled by
+ * tracing.sample_percent. Each hop gets a span id of its own, which goes upstream as the
+ * parent: the original traceparent/B3 headers are dropped and rewritten (tracestate and baggage
+ * pass as they are). x-request-id is kept, or generated when absent.
+ *
+ * Spans: recorded when the trace is sampled, or whatever the sampling when the request failed
+ * (5xx, or no response): every error is kept. A finished span is one malloc'd record that the
+ * worker pushes onto its own lock-free queue (one producer, one consumer); a full queue drops
+ * and counts. The exporter thread drains the queues every EXPORT_EVERY_MS (or sooner when one
+ * fills up), encodes OTLP ExportTraceServiceRequest with protobuf-c and POSTs it over HTTP/1.1
+ * with timeouts, retrying a failed batch with backoff before dropping it (counted). The request
+ * path never waits for export.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "opentelemetry/proto/collector/trace/v1/trace_service.pb-c.h"
+#include "remora/gray.h"
+#include "remora/log.h"
+#include "remora/v1/bootstrap.pb-c.h"
+#include "remora/v1/mesh.pb-c.h"
+#include "http.h"
+#include "tls.h"
+
+#define SPANQ_SIZE 4096       /* per worker, a power of two */
+#define EXPORT_EVERY_MS 500   /* the exporter's period */
+#define EXPORT_BATCH_MAX 2048 /* spans per POST */
+#define EXPORT_TIMEOUT_MS 2000
+#define EXPORT_RETRIES 3
+#define SPAN_EVENTS_MAX 8
+
+typedef struct span_ev {
+    uint64_t t_ns;
+    uint32_t attempt;
+    char reason[24];
+    char endpoint[48];
+} span_ev_t;
+
+/* A finished span, one allocation: the attributes follow as "key\0value\0" pairs; a value whose
+ * key starts with '#' is an integer, with '?' a boolean (the mark is not part of the key). */
+typedef struct span_rec {
+    uint8_t trace_id[16], span_id[8], parent_id[8];
+    uint8_t has_parent, kind, error, flags;
+    uint64_t start_ns, end_ns;
+    uint32_t n_ev;
+    span_ev_t ev[SPAN_EVENTS_MAX];
+    char name[128];
+    char status_msg[48];
+    size_t alen;
+    char attrs[];
+} span_rec_t;
+
+struct span_q {
+    _Atomic uint32_t head; /* written by the exporter */
+    _Atomic uint32_t tail; /* written by the worker */
+    span_rec_t *slot[SPANQ_SIZE];
+};
+
+uint64_t rmr_spans_exported, rmr_spans_dropped, rmr_spans_failed, rmr_span_batches_failed;
+
+static struct {
+    pthread_t thread;
+    int running, stop;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    char host[256], port[8], path[512];
+    char service[128], node[128], version[64];
+    int fd;
+} ex = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .fd = -1};
+
+/* ---- ids and header values ---- */
+
+static const char hexd[] = "0123456789abcdef";
+
+static void hex(char *out, const uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hexd[b[i] >> 4];
+        out[2 * i + 1] = hexd[b[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+static int unhex(const char *s, size_t n, uint8_t *out)
+{
+    for (size_t i = 0; i < n; i += 2) {
+        int v = 0;
+        for (int k = 0; k < 2; k++) {
+            char c = s[i + k];
+            int d = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+            if (d < 0)
+                return -1;
+            v = v * 16 + d;
+        }
+        out[i / 2] = (uint8_t)v;
+    }
+    return 0;
+}
+
+static int zero(const uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (b[i])
+            return 0;
+    return 1;
+}
+
+/* A B3 trace id: 16 or 32 hex (a 64-bit id is padded on the left). */
+static int b3_trace_id(const char *s, size_t n, uint8_t id[16])
+{
+    memset(id, 0, 16);
+    if (n == 32)
+        return unhex(s, 32, id) < 0 || zero(id, 16) ? -1 : 0;
+    if (n == 16)
+        return unhex(s, 16, id + 8) < 0 || zero(id, 16) ? -1 : 0;
+    return -1;
+}
+
+static int b3_span_id(const char *s, size_t n, uint8_t id[8])
+{
+    return n != 16 || unhex(s, 16, id) < 0 || zero(id, 8) ? -1 : 0;
+}
+
+static int hdr(const h1_msg_t *m, const char *name, const char **v, size_t *n, int *idx)
+{
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        if (!m->hdrs[i].dropped && h1_span_eq(m, m->hdrs[i].name, name)) {
+            *v = h1_str(m, m->hdrs[i].value);
+            *n = m->hdrs[i].value.len;
+            if (idx)
+                *idx = (int)i;
+            return 0;
+        }
+    return -1;
+}
+
+static void drop_hdr(h1_msg_t *m, const char *name)
+{
+    for (uint32_t i = 0; i < m->nhdrs; i++)
+        if (h1_span_eq(m, m->hdrs[i].name, name))
+            m->hdrs[i].dropped = 1;
+}
+
+/* The incoming context: 0 with *sampled (-1 when the caller left the decision to us), or -1. */
+static int context_in(const h1_msg_t *m, uint8_t tid[16], uint8_t pid[8], int *sampled)
+{
+    const char *v;
+    size_t n;
+    rmr_traceparent_t tp;
+    if (hdr(m, "traceparent", &v, &n, NULL) == 0 && rmr_traceparent_parse(v, n, &tp) == 0) {
+        memcpy(tid, tp.trace_id, 16);
+        memcpy(pid, tp.parent_id, 8);
+        *sampled = tp.flags & 1;
+        return 0;
+    }
+    if (hdr(m, "b3", &v, &n, NULL) == 0) {
+        /* {traceid}-{spanid}[-{sampling}[-{parentspanid}]], or just the sampling */
+        const char *d1 = memchr(v, '-', n);
+        if (d1) {
+            const char *d2 = memchr(d1 + 1, '-', (size_t)(v + n - d1 - 1));
+            const char *se = d2 ? d2 : v + n;
+            if (b3_trace_id(v, (size_t)(d1 - v), tid) == 0 &&
+                b3_span_id(d1 + 1, (size_t)(se - d1 - 1), pid) == 0) {
+                *sampled = -1;
+                if (d2 && d2 + 1 < v + n)
+                    *sampled = d2[1] == '1' || d2[1] == 'd';
+                return 0;
+            }
+        }
+    }
+    const char *t, *s;
+    size_t tn, sn;
+    if (hdr(m, "x-b3-traceid", &t, &tn, NULL) == 0 && hdr(m, "x-b3-spanid", &s, &sn, NULL) == 0 &&
+        b3_trace_id(t, tn, tid) == 0 && b3_span_id(s, sn, pid) == 0) {
+        *sampled = -1;
+        if (hdr(m, "x-b3-sampled", &v, &n, NULL) == 0 && n)
+            *sampled = v[0] == '1' || v[0] == 't';
+        if (hdr(m, "x-b3-flags", &v, &n, NULL) == 0 && n == 1 && v[0] == '1')
+            *sampled = 1;
+        return 0;
+    }
+    return -1;
+}
+
+/* Adds a header remora writes; it does not count against the client's limits, and a failure
+ * leaves the request as it was. */
+int msg_add_own(h1_msg_t *m, const char *name, const char *value, size_t vlen)
+{
+    int es = m->err_status;
+    const char *er = m->err_reason;
+    uint32_t mh = m->max_hdrs, mb = m->max_bytes;
+    m->max_hdrs += 8;
+    m->max_bytes += 1024;
+    int rc = h1_msg_add(m, name, strlen(name), value, vlen);
+    m->max_hdrs = mh;
+    m->max_bytes = mb;
+    if (rc < 0) {
+        m->err_status = es;
+        m->err_reason = er;
+    }
+    return rc;
+}
+
+/* ---- the request path ---- */
+
+void trace_view_setup(view_t *v)
+{
+    const Remora__V1__Mesh *mesh = v->config->mesh_pb;
+    const Remora__V1__Tracing *t = mesh ? mesh->tracing : NULL;
+    v->trace_on = t != NULL;
+    v->trace_w3c = 1;
+    v->trace_b3 = 0;
+    v->trace_ppm = 0;
+    if (!t)
+        return;
+    double p = t->sample_percent;
+    v->trace_ppm = p <= 0 ? 0 : p >= 100 ? 1000000 : (uint32_t)(p * 10000.0 + 0.5);
+    if (t->n_propagate) {
+        v->trace_w3c = 0;
+        for (size_t i = 0; i < t->n_propagate; i++) {
+            if (t->propagate[i] == REMORA__V1__PROPAGATION__B3)
+                v->trace_b3 = 1;
+            else
+                v->trace_w3c = 1;
+        }
+    }
+}
+
+void trace_request(conn_t *d)
+{
+    stream_t *st = d->st;
+    worker_t *w = d->w;
+    const view_t *v = st->view;
+    h1_msg_t *m = &st->req;
+    int sampled = -1;
+    st->trace_has_parent = context_in(m, st->trace_id, st->trace_parent, &sampled) == 0;
+    if (!st->trace_has_parent) {
+        uint64_t a = worker_rand(w), b = worker_rand(w);
+        memcpy(st->trace_id, &a, 8);
+        memcpy(st->trace_id + 8, &b, 8);
+        if (zero(st->trace_id, 16))
+            st->trace_id[15] = 1;
+    }
+    if (sampled < 0)
+        sampled =
+            v->trace_ppm >= 1000000 || (v->trace_ppm && worker_rand(w) % 1000000 < v->trace_ppm);
+    st->trace_sampled = (unsigned)sampled;
+    uint64_t s = worker_rand(w);
+    memcpy(st->span_id, &s, 8);
+    if (zero(st->span_id, 8))
+        st->span_id[7] = 1;
+    st->trace_start_ns = (uint64_t)time(NULL) * 1000000000ull; /* refined below */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    st->trace_start_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    st->trace_live = 1;
+    /* what goes upstream: this hop's span as the parent */
+    char tid[33], sid[17], val[64];
+    hex(tid, st->trace_id, 16);
+    hex(sid, st->span_id, 8);
+    drop_hdr(m, "traceparent");
+    if (v->trace_w3c) {
+        int n = snprintf(val, sizeof(val), "00-%s-%s-%s", tid, sid, sampled ? "01" : "00");
+        msg_add_own(m, "traceparent", val, (size_t)n);
+    }
+    if (v->trace_b3) {
+        drop_hdr(m, "b3");
+        drop_hdr(m, "x-b3-traceid");
+        drop_hdr(m, "x-b3-spanid");
+        drop_hdr(m, "x-b3-parentspanid");
+        drop_hdr(m, "x-b3-sampled");
+        drop_hdr(m, "x-b3-flags");
+        msg_add_own(m, "x-b3-traceid", tid, 32);
+        msg_add_own(m, "x-b3-spanid", sid, 16);
+        if (st->trace_has_parent) {
+            char pid[17];
+            hex(pid, st->trace_parent, 8);
+            msg_add_own(m, "x-b3-parentspanid", pid, 16);
+        }
+        msg_add_own(m, "x-b3-sampled", sampled ? "1" : "0", 1);
+    }
+    const char *x;
+    size_t xn;
+    if (hdr(m, "x-request-id", &x, &xn, NULL) < 0) {
+        char id[48];
+        size_t n = rmr_idem_format_key(id, worker_rand(w), worker_rand(w)); /* "uuid" quoted */
+        msg_add_own(m, "x-request-id", id + 1, n - 2);
+    }
+}
+
+void trace_attempt(stream_t *st, const char *reason)
+{
+    if (!st->trace_live)
+        return;
+    if (!st->trace_ev) {
+        st->trace_ev = calloc(SPAN_EVENTS_MAX, sizeof(span_ev_t));
+        if (!st->trace_ev)
+            return;
+    }
+    if (st->trace_nev >= SPAN_EVENTS_MAX)
+        return;
+    span_ev_t *e = &((span_ev_t *)st->trace_ev)[st->trace_nev++];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    e->t_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    e->attempt = st->attempt;
+    snprintf(e->reason, sizeof(e->reason), "%s", reason ? reason : "");
+    snprintf(e->endpoint, sizeof(e->endpoint), "%s", st->ep ? st->ep->conf->addr.text : "");
+}
+
+static void attr(rmr_buf_t *b, const char *key, const char *v, size_t n)
+{
+    if (!v || !n)
+        return;
+    rmr_buf_append(b, key, strlen(key) + 1);
+    rmr_buf_append(b, v, n);
+    rmr_buf_append(b, "", 1);
+}
+
+static void attr_s(rmr_buf_t *b, const char *key, const char *v)
+{
+    if (v)
+        attr(b, key, v, strlen(v));
+}
+
+static void attr_i(rmr_buf_t *b, const char *key, long long v)
+{
+    char n[24];
+    int k = snprintf(n, sizeof(n), "%lld", v);
+    char mk[64];
+    snprintf(mk, sizeof(mk), "#%s", key);
+    attr(b, mk, n, (size_t)k);
+}
+
+static void attr_b(rmr_buf_t *b, const char *key)
+{
+    char mk[64];
+    snprintf(mk, sizeof(mk), "?%s", key);
+    attr(b, mk, "true", 4);
+}
+
+static int spanq_push(worker_t *w, span_rec_t *r)
+{
+    struct span_q *q = w->spanq;
+    if (!q)
+        return -1;
+    uint32_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    uint32_t h = atomic_load_explicit(&q->head, memory_order_acquire);
+    if (t - h >= SPANQ_SIZE)
+        return -1;
+    q->slot[t & (SPANQ_SIZE - 1)] = r;
+    atomic_store_explicit(&q->tail, t + 1, memory_order_release);
+    if (t - h + 1 == SPANQ_SIZE / 2) /* half full: ask for an early export */
+        pthread_cond_signal(&ex.cond);
+    return 0;
+}
+
+void trace_finish(conn_t *d, stream_t *st)
+{
+    if (!st->trace_live)
+        return;
+    st->trace_live = 0;
+    int error = st->status >= 500 || st->status == 0;
+    if (!(st->trace_sampled || error) || !ex.running) {
+        free(st->trace_ev);
+        st->trace_ev = NULL;
+        return;
+    }
+    const rmr_config_t *cfg = st->view->config;
+    const conn_t *top = d->virt ? d->parent : d;
+    int inbound =
+        top->lst && top->lst->index < cfg->n_listeners && cfg->listeners[top->lst->index].inbound;
+    const h1_msg_t *m = &st->req;
+    rmr_buf_t b = {0};
+    const char *path = h1_str(m, m->url), *auth = "";
+    size_t plen = m->url.len, alen = 0;
+    if (plen >= 7 && !strncasecmp(path, "http://", 7)) {
+        const char *a = path + 7, *e = path + plen, *q = a;
+        while (q < e && *q != '/' && *q != '?')
+            q++;
+        auth = a;
+        alen = (size_t)(q - a);
+        path = q < e ? q : "/";
+        plen = q < e ? (size_t)(e - q) : 1;
+    } else if (m->host >= 0) {
+        auth = h1_str(m, m->hdrs[m->host].value);
+        alen = m->hdrs[m->host].value.len;
+    }
+    const char *qm = memchr(path, '?', plen);
+    size_t pn = qm ? (size_t)(qm - path) : plen;
+    attr_s(&b, "http.request.method", st->method);
+    attr(&b, "url.path", path, pn > 1024 ? 1024 : pn);
+    attr(&b, "server.address", auth, alen > 256 ? 256 : alen);
+    attr_s(&b, "client.address", d->client_ip);
+    attr_s(&b, "network.protocol.version", d->virt ? "2" : "1.1");
+    if (st->status)
+        attr_i(&b, "http.response.status_code", st->status);
+    const char *x;
+    size_t xn;
+    if (hdr(m, "x-request-id", &x, &xn, NULL) == 0)
+        attr(&b, "http.request.header.x-request-id", x, xn > 128 ? 128 : xn);
+    if (st->cluster)
+        attr_s(&b, "remora.service", st->cluster->conf->name);
+    const char *route =
+        st->route >= 0 && (size_t)st->route < cfg->n_routes ? cfg->routes[st->route].name : NULL;
+    if (route) {
+        attr_s(&b, "http.route", route);
+        attr_s(&b, "remora.route", route);
+    }
+    if (st->subset && st->subset->name && st->subset->name[0]) {
+        attr_s(&b, "remora.subset", st->subset->name);
+        /* the version of the subset, when its selector names one */
+        const char *vv = strstr(st->subset->name, "version=");
+        if (vv && (vv == st->subset->name || vv[-1] == ',')) {
+            const char *e = strchr(vv, ',');
+            attr(&b, "remora.version", vv + 8, e ? (size_t)(e - vv - 8) : strlen(vv + 8));
+        }
+    }
+    if (st->lane_len)
+        attr(&b, "remora.lane", st->lane, st->lane_len);
+    if (st->attempt)
+        attr_i(&b, "remora.attempts", st->attempt);
+    if (st->ep)
+        attr_s(&b, "remora.upstream", st->ep->conf->addr.text);
+    if (st->reason) {
+        attr_s(&b, "remora.reason", st->reason);
+        if (!strncmp(st->reason, "overflow-", 9) || !strcmp(st->reason, "no-healthy-endpoint"))
+            attr_s(&b, "remora.breaker", st->reason);
+    }
+    if (st->fault)
+        attr_s(&b, "remora.fault", st->fault == 1 ? "abort" : "delay");
+    if (st->replayed)
+        attr_b(&b, "remora.idempotent_replay");
+    if (st->mirrored)
+        attr_b(&b, "remora.mirrored");
+    if (top->tls) {
+        const char *id = tls_peer_identity(top->tls);
+        attr_s(&b, "tls.peer.identity", id);
+    }
+    attr_s(&b, "remora.node", cfg->node);
+    if (b.oom) {
+        rmr_buf_free(&b);
+        free(st->trace_ev);
+        st->trace_ev = NULL;
+        return;
+    }
+    span_rec_t *r = malloc(sizeof(*r) + b.len);
+    if (!r) {
+        rmr_buf_free(&b);
+        free(st->trace_ev);
+        st->trace_ev = NULL;
+        __atomic_add_fetch(&rmr_spans_dropped, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    memset(r, 0, sizeof(*r));
+    memcpy(r->trace_id, st->trace_id, 16);
+    memcpy(r->span_id, st->span_id, 8);
+    memcpy(r->parent_id, st->trace_parent, 8);
+    r->has_parent = st->trace_has_parent;
+    r->kind = inbound ? 2 : 3;
+    r->error = (uint8_t)error;
+    r->flags = st->trace_sampled;
+    r->start_ns = st->trace_start_ns;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->end_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    snprintf(r->name, sizeof(r->name), "%s %.*s", st->method, (int)(pn > 100 ? 100 : pn), path);
+    if (error)
+        snprintf(r->status_msg, sizeof(r->status_msg), "%s",
+                 st->reason   ? st->reason
+                 : st->status ? "upstream 5xx"
+                              : "no response");
+    r->n_ev = st->trace_nev;
+    if (st->trace_ev)
+        memcpy(r->ev, st->trace_ev, st->trace_nev * sizeof(span_ev_t));
+    free(st->trace_ev);
+    st->trace_ev = NULL;
+    r->alen = b.len;
+    memcpy(r->attrs, b.data, b.len);
+    rmr_buf_free(&b);
+    if (spanq_push(d->w, r) < 0) {
+        free(r);
+        __atomic_add_fetch(&rmr_spans_dropped, 1, __ATOMIC_RELAXED);
+    }
+}
+
+/* ---- export ---- */
+
+typedef Opentelemetry__Proto__Common__V1__KeyValue KeyValue;
+typedef Opentelemetry__Proto__Common__V1__AnyValue AnyValue;
+typedef Opentelemetry__Proto__Trace__V1__Span Span;
+typedef Opentelemetry__Proto__Trace__V1__Span__Event SpanEvent;
+
+/* Storage for one batch's protobuf-c structs, freed at once. */
+typedef struct arena {
+    char *p;
+    size_t len, cap;
+    struct arena *next;
+} arena_t;
+
+static void *arena_alloc(arena_t **a, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    if (!*a || (*a)->len + n > (*a)->cap) {
+        size_t cap = n > 65536 ? n : 65536;
+        arena_t *x = malloc(sizeof(*x) + cap);
+        if (!x)
+            return NULL;
+        x->p = (char *)(x + 1);
+        x->len = 0;
+        x->cap = cap;
+        x->next = *a;
+        *a = x;
+    }
+    void *r = (*a)->p + (*a)->len;
+    (*a)->len += n;
+    memset(r, 0, n);
+    return r;
+}
+
+static void arena_free(arena_t *a)
+{
+    while (a) {
+        arena_t *n = a->next;
+        free(a);
+        a = n;
+    }
+}
+
+static KeyValue *kv_str(arena_t **a, const char *k, const char *v)
+{
+    KeyValue *kv = arena_alloc(a, sizeof(*kv));
+    AnyValue *av = arena_alloc(a, sizeof(*av));
+    if (!kv || !av)
+        return NULL;
+    opentelemetry__proto__common__v1__key_value__init(kv);
+    opentelemetry__proto__common__v1__any_value__init(av);
+    kv->key = (char *)k;
+    kv->value = av;
+    av->value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_STRING_VALUE;
+    av->string_value = (char *)v;
+    return kv;
+}
+
+static KeyValue *kv_any(arena_t **a, const char *k, const char *v)
+{
+    KeyValue *kv;
+    if (k[0] == '#') {
+        if (!(kv = kv_str(a, k + 1, v)))
+            return NULL;
+        kv->value->value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_INT_VALUE;
+        kv->value->int_value = strtoll(v, NULL, 10);
+    } else if (k[0] == '?') {
+        if (!(kv = kv_str(a, k + 1, v)))
+            return NULL;
+        kv->value->value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_BOOL_VALUE;
+        kv->value->bool_value = !strcmp(v, "true");
+    } else {
+        kv = kv_str(a, k, v);
+    }
+    return kv;
+}
+
+/* Encodes recs[0..n) as an ExportTraceServiceRequest; malloc'd, *len set; NULL on no memory. */
+static uint8_t *encode(span_rec_t **recs, size_t n, size_t *len)
+{
+    arena_t *a = NULL;
+    uint8_t *out = NULL;
+    Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest req =
+        OPENTELEMETRY__PROTO__COLLECTOR__TRACE__V1__EXPORT_TRACE_SERVICE_REQUEST__INIT;
+    Opentelemetry__Proto__Trace__V1__ResourceSpans rs =
+        OPENTELEMETRY__PROTO__TRACE__V1__RESOURCE_SPANS__INIT;
+    Opentelemetry__Proto__Resource__V1__Resource res =
+        OPENTELEMETRY__PROTO__RESOURCE__V1__RESOURCE__INIT;
+    Opentelemetry__Proto__Trace__V1__ScopeSpans ss =
+        OPENTELEMETRY__PROTO__TRACE__V1__SCOPE_SPANS__INIT;
+    Opentelemetry__Proto__Common__V1__InstrumentationScope scope =
+        OPENTELEMETRY__PROTO__COMMON__V1__INSTRUMENTATION_SCOPE__INIT;
+    Opentelemetry__Proto__Trace__V1__ResourceSpans *rsp = &rs;
+    Opentelemetry__Proto__Trace__V1__ScopeSpans *ssp = &ss;
+    KeyValue *rattrs[4];
+    size_t nr = 0;
+    if (!(rattrs[nr++] = kv_str(&a, "service.name", ex.service)) ||
+        !(rattrs[nr++] = kv_str(&a, "service.instance.id", ex.node)))
+        goto out;
+    if (ex.version[0] && !(rattrs[nr++] = kv_str(&a, "service.version", ex.version)))
+        goto out;
+    res.attributes = rattrs;
+    res.n_attributes = nr;
+    scope.name = "remora";
+    scope.version = REMORA_VERSION;
+    Span **spans = arena_alloc(&a, n * sizeof(*spans));
+    if (!spans)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        span_rec_t *r = recs[i];
+        Span *s = arena_alloc(&a, sizeof(*s));
+        Opentelemetry__Proto__Trace__V1__Status *status = arena_alloc(&a, sizeof(*status));
+        if (!s || !status)
+            goto out;
+        opentelemetry__proto__trace__v1__span__init(s);
+        opentelemetry__proto__trace__v1__status__init(status);
+        s->trace_id = (ProtobufCBinaryData){16, r->trace_id};
+        s->span_id = (ProtobufCBinaryData){8, r->span_id};
+        if (r->has_parent)
+            s->parent_span_id = (ProtobufCBinaryData){8, r->parent_id};
+        s->flags = 0x100 | r->flags; /* the sampled flag, and "parent is remote" known */
+        s->name = r->name;
+        s->kind = r->kind == 2 ? OPENTELEMETRY__PROTO__TRACE__V1__SPAN__SPAN_KIND__SPAN_KIND_SERVER
+                               : OPENTELEMETRY__PROTO__TRACE__V1__SPAN__SPAN_KIND__SPAN_KIND_CLIENT;
+        s->start_time_unix_nano = r->start_ns;
+        s->end_time_unix_nano = r->end_ns;
+        status->code =
+            r->error ? OPENTELEMETRY__PROTO__TRACE__V1__STATUS__STATUS_CODE__STATUS_CODE_ERROR
+                     : OPENTELEMETRY__PROTO__TRACE__V1__STATUS__STATUS_CODE__STATUS_CODE_UNSET;
+        status->message = r->status_msg;
+        s->status = status;
+        /* attributes */
+        size_t na = 0;
+        for (size_t off = 0; off < r->alen;) {
+            off += strlen(r->attrs + off) + 1;
+            off += strlen(r->attrs + off) + 1;
+            na++;
+        }
+        s->attributes = arena_alloc(&a, (na ? na : 1) * sizeof(KeyValue *));
+        if (!s->attributes)
+            goto out;
+        for (size_t off = 0; off < r->alen;) {
+            const char *k = r->attrs + off;
+            off += strlen(k) + 1;
+            const char *v = r->attrs + off;
+            off += strlen(v) + 1;
+            if (!(s->attributes[s->n_attributes++] = kv_any(&a, k, v)))
+                goto out;
+        }
+        if (r->n_ev) {
+            s->events = arena_alloc(&a, r->n_ev * sizeof(SpanEvent *));
+            if (!s->events)
+                goto out;
+            for (uint32_t k = 0; k < r->n_ev; k++) {
+                SpanEvent *e = arena_alloc(&a, sizeof(*e));
+                KeyValue **ea = arena_alloc(&a, 3 * sizeof(KeyValue *));
+                char *num = arena_alloc(&a, 16);
+                if (!e || !ea || !num)
+                    goto out;
+                opentelemetry__proto__trace__v1__span__event__init(e);
+                e->time_unix_nano = r->ev[k].t_ns;
+                e->name = "retry";
+                snprintf(num, 16, "%u", r->ev[k].attempt);
+                if (!(ea[0] = kv_any(&a, "#remora.attempt", num)) ||
+                    !(ea[1] = kv_str(&a, "remora.retry_reason", r->ev[k].reason)) ||
+                    !(ea[2] = kv_str(&a, "remora.upstream", r->ev[k].endpoint)))
+                    goto out;
+                e->attributes = ea;
+                e->n_attributes = 3;
+                s->events[s->n_events++] = e;
+            }
+        }
+        spans[i] = s;
+    }
+    ss.scope = &scope;
+    ss.spans = spans;
+    ss.n_spans = n;
+    rs.resource = &res;
+    rs.scope_spans = &ssp;
+    rs.n_scope_spans = 1;
+    req.resource_spans = &rsp;
+    req.n_resource_spans = 1;
+    *len =
+        opentelemetry__proto__collector__trace__v1__export_trace_service_request__get_packed_size(
+            &req);
+    out = malloc(*len ? *len : 1);
+    if (out)
+        opentelemetry__proto__collector__trace__v1__export_trace_service_request__pack(&req, out);
+out:
+    arena_free(a);
+    return out;
+}
+
+static int wait_fd(int fd, short ev, int ms)
+{
+    struct pollfd p = {fd, ev, 0};
+    int r;
+    do
+        r = poll(&p, 1, ms);
+    while (r < 0 && errno == EINTR);
+    return r > 0 ? 0 : -1;
+}
+
+static int ex_connect(void)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    if (getaddrinfo(ex.host, ex.port, &hints, &ai) != 0 || !ai)
+        return -1;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 &&
+            (errno != EINPROGRESS || wait_fd(fd, POLLOUT, EXPORT_TIMEOUT_MS) < 0)) {
+            close(fd);
+            fd = -1;
+        } else {
+            int err = 0;
+            socklen_t el = sizeof(err);
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+            if (err) {
+                close(fd);
+                fd = -1;
+            }
+        }
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+static int ex_send_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EAGAIN) {
+            if (wait_fd(fd, POLLOUT, EXPORT_TIMEOUT_MS) < 0)
+                return -1;
+            continue;
+        }
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        c += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* POSTs body; 0 when the collector answered 2xx. Keeps the connection when it can. */
+static int ex_post(const uint8_t *body, size_t len)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        int fresh = ex.fd < 0;
+        if (ex.fd < 0 && (ex.fd = ex_connect()) < 0)
+            return -1;
+        char head[1024];
+        int hn = snprintf(head, sizeof(head),
+                          "POST %s HTTP/1.1\r\nhost: %s:%s\r\ncontent-type: "
+                          "application/x-protobuf\r\ncontent-length: %zu\r\nuser-agent: remora/%s"
+                          "\r\n\r\n",
+                          ex.path, ex.host, ex.port, len, REMORA_VERSION);
+        char resp[4096];
+        size_t got = 0;
+        int status = -1;
+        if (ex_send_all(ex.fd, head, (size_t)hn) == 0 && ex_send_all(ex.fd, body, len) == 0) {
+            /* the head, then the body by content-length (a small protobuf) */
+            char *end = NULL;
+            while (!end && got < sizeof(resp) - 1) {
+                if (wait_fd(ex.fd, POLLIN, EXPORT_TIMEOUT_MS) < 0)
+                    break;
+                ssize_t k = recv(ex.fd, resp + got, sizeof(resp) - 1 - got, 0);
+                if (k <= 0)
+                    break;
+                got += (size_t)k;
+                resp[got] = 0;
+                end = strstr(resp, "\r\n\r\n");
+            }
+            if (end && sscanf(resp, "HTTP/1.%*d %d", &status) == 1) {
+                size_t cl = 0;
+                const char *c = strcasestr(resp, "\r\ncontent-length:");
+                if (c)
+                    cl = strtoul(c + 17, NULL, 10);
+                size_t have = got - (size_t)(end + 4 - resp);
+                while (have < cl) {
+                    if (wait_fd(ex.fd, POLLIN, EXPORT_TIMEOUT_MS) < 0)
+                        break;
+                    ssize_t k = recv(ex.fd, resp, sizeof(resp), 0);
+                    if (k <= 0)
+                        break;
+                    have += (size_t)k;
+                }
+                if (have < cl || strcasestr(resp, "\r\nconnection: close")) {
+                    close(ex.fd);
+                    ex.fd = -1;
+                }
+                return status >= 200 && status < 300 ? 0 : -1;
+            }
+        }
+        close(ex.fd);
+        ex.fd = -1;
+        if (fresh)
+            return -1; /* a new connection failed: no second pass */
+    }
+    return -1;
+}
+
+static size_t drain(span_rec_t **out, size_t cap)
+{
+    size_t n = 0;
+    for (unsigned i = 0; i < rmr_g.nworkers && n < cap; i++) {
+        struct span_q *q = rmr_g.workers[i].spanq;
+        if (!q)
+            continue;
+        uint32_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
+        uint32_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
+        while (h != t && n < cap)
+            out[n++] = q->slot[h++ & (SPANQ_SIZE - 1)];
+        atomic_store_explicit(&q->head, h, memory_order_release);
+    }
+    return n;
+}
+
+static void *exporter_main(void *arg)
+{
+    (void)arg;
+    rmr_log_set_thread("trace");
+    span_rec_t **batch = malloc(EXPORT_BATCH_MAX * sizeof(*batch));
+    if (!batch)
+        return NULL;
+    int failing = 0;
+    for (;;) {
+        pthread_mutex_lock(&ex.lock);
+        if (!ex.stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            uint64_t ns = (uint64_t)ts.tv_nsec + EXPORT_EVERY_MS * 1000000ull;
+            ts.tv_sec += (time_t)(ns / 1000000000ull);
+            ts.tv_nsec = (long)(ns % 1000000000ull);
+            pthread_cond_timedwait(&ex.cond, &ex.lock, &ts);
+        }
+        int stop = ex.stop;
+        pthread_mutex_unlock(&ex.lock);
+        size_t n;
+        while ((n = drain(batch, EXPORT_BATCH_MAX)) > 0) {
+            size_t len = 0;
+            uint8_t *body = encode(batch, n, &len);
+            int ok = -1;
+            for (int k = 0; body && k < (stop ? 1 : EXPORT_RETRIES) && ok < 0; k++) {
+                if (k)
+                    usleep(200000u << (k - 1)); /* 200, 400 ms */
+                ok = ex_post(body, len);
+            }
+            free(body);
+            if (ok == 0) {
+                __atomic_add_fetch(&rmr_spans_exported, n, __ATOMIC_RELAXED);
+                if (failing)
+                    RMR_INFO("trace export to %s:%s works again", ex.host, ex.port);
+                failing = 0;
+            } else {
+                __atomic_add_fetch(&rmr_spans_failed, n, __ATOMIC_RELAXED);
+                __atomic_add_fetch(&rmr_span_batches_failed, 1, __ATOMIC_RELAXED);
+                if (!failing)
+                    RMR_WARN("trace export to %s:%s%s failed: %zu spans dropped (counted; "
+                             "requests are not affected)",
+                             ex.host, ex.port, ex.path, n);
+                failing = 1;
+            }
+            for (size_t i = 0; i < n; i++)
+                free(batch[i]);
+            if (n < EXPORT_BATCH_MAX)
+                break;
+        }
+        if (stop)
+            break;
+    }
+    free(batch);
+    if (ex.fd >= 0)
+        close(ex.fd);
+    ex.fd = -1;
+    return NULL;
+}
+
+/* "http://host:port/path" -> ex.host/port/path; -1 when not that form. */
+static int parse_url(const char *url)
+{
+    if (strncmp(url, "http://", 7))
+        return -1;
+    const char *h = url + 7, *slash = strchr(h, '/');
+    size_t hl = slash ? (size_t)(slash - h) : strlen(h);
+    const char *colon = NULL;
+    if (h[0] == '[') {
+        const char *rb = memchr(h, ']', hl);
+        if (!rb)
+            return -1;
+        colon = rb + 1 < h + hl && rb[1] == ':' ? rb + 1 : NULL;
+        snprintf(ex.host, sizeof(ex.host), "%.*s", (int)(rb - h - 1), h + 1);
+    } else {
+        colon = memchr(h, ':', hl);
+        snprintf(ex.host, sizeof(ex.host), "%.*s", (int)((colon ? colon : h + hl) - h), h);
+    }
+    if (colon)
+        snprintf(ex.port, sizeof(ex.port), "%.*s", (int)(h + hl - colon - 1), colon + 1);
+    else
+        snprintf(ex.port, sizeof(ex.port), "80");
+    snprintf(ex.path, sizeof(ex.path), "%s", slash ? slash : "/v1/traces");
+    return ex.host[0] && atoi(ex.port) > 0 ? 0 : -1;
+}
+
+int trace_exporter_start(const rmr_config_t *cfg, char *err, size_t errlen)
+{
+    const Remora__V1__Mesh *mesh = cfg->mesh_pb;
+    const Remora__V1__Bootstrap *boot = cfg->boot_pb;
+    if (!mesh || !mesh->tracing)
+        return 0; /* no tracing block: propagation only */
+    const char *url = mesh->tracing->export && mesh->tracing->export->otlp_http &&
+                              mesh->tracing->export->otlp_http[0]
+                          ? mesh->tracing->export->otlp_http
+                          : NULL;
+    char buf[600];
+    if (!url && boot && boot->control && boot->control[0]) {
+        snprintf(buf, sizeof(buf), "http://%s/v1/traces", boot->control);
+        url = buf;
+    }
+    if (!url) {
+        RMR_INFO("tracing: no export and no control plane: trace context is propagated, spans "
+                 "are not exported");
+        return 0;
+    }
+    if (parse_url(url) < 0) {
+        snprintf(err, errlen, "tracing.export.otlp_http: \"%s\" is not http://host:port/path", url);
+        return -1;
+    }
+    snprintf(ex.service, sizeof(ex.service), "%s",
+             cfg->service_name ? cfg->service_name : "remora");
+    snprintf(ex.node, sizeof(ex.node), "%s", cfg->node ? cfg->node : "remora");
+    for (size_t i = 0; i < cfg->n_labels; i++)
+        if (!strcmp(cfg->labels[i].key, "version"))
+            snprintf(ex.version, sizeof(ex.version), "%s", cfg->labels[i].value);
+    for (unsigned i = 0; i < rmr_g.nworkers; i++) {
+        rmr_g.workers[i].spanq = calloc(1, sizeof(struct span_q));
+        if (!rmr_g.workers[i].spanq) {
+            snprintf(err, errlen, "tracing: out of memory");
+            return -1;
+        }
+    }
+    if (pthread_create(&ex.thread, NULL, exporter_main, NULL) != 0) {
+        snprintf(err, errlen, "tracing: cannot start the exporter thread");
+        return -1;
+    }
+    ex.running = 1;
+    RMR_INFO("tracing: spans exported to http://%s:%s%s", ex.host, ex.port, ex.path);
+    return 0;
+}
+
+void trace_exporter_stop(void)
+{
+    if (!ex.running)
+        return;
+    pthread_mutex_lock(&ex.lock);
+    ex.stop = 1;
+    pthread_cond_signal(&ex.cond);
+    pthread_mutex_unlock(&ex.lock);
+    pthread_join(ex.thread, NULL);
+    ex.running = 0;
+    for (unsigned i = 0; i < rmr_g.nworkers; i++) {
+        struct span_q *q = rmr_g.workers[i].spanq;
+        if (!q)
+            continue;
+        for (uint32_t h = q->head; h != q->tail; h++)
+            free(q->slot[h & (SPANQ_SIZE - 1)]);
+        free(q);
+        rmr_g.workers[i].spanq = NULL;
+    }
+}
+
+void trace_render_prometheus(rmr_buf_t *b)
+{
+    uint32_t queued = 0;
+    for (unsigned i = 0; i < rmr_g.nworkers; i++) {
+        struct span_q *q = rmr_g.workers[i].spanq;
+        if (q)
+            queued += atomic_load_explicit(&q->tail, memory_order_relaxed) -
+                      atomic_load_explicit(&q->head, memory_order_relaxed);
+    }
+    rmr_buf_printf(b,
+                   "# HELP remora_trace_spans_total Spans finished, by outcome of their export.\n"
+                   "# TYPE remora_trace_spans_total counter\n"
+                   "remora_trace_spans_total{outcome=\"exported\"} %lu\n"
+                   "remora_trace_spans_total{outcome=\"dropped\"} %lu\n"
+                   "remora_trace_spans_total{outcome=\"failed\"} %lu\n"
+                   "# HELP remora_trace_export_failures_total Export batches the collector did "
+                   "not take.\n# TYPE remora_trace_export_failures_total counter\n"
+                   "remora_trace_export_failures_total %lu\n"
+                   "# HELP remora_trace_spans_queued Spans waiting for export.\n"
+                   "# TYPE remora_trace_spans_queued gauge\nremora_trace_spans_queued %u\n",
+                   (unsigned long)__atomic_load_n(&rmr_spans_exported, __ATOMIC_RELAXED),
+                   (unsigned long)__atomic_load_n(&rmr_spans_dropped, __ATOMIC_RELAXED),
+                   (unsigned long)__atomic_load_n(&rmr_spans_failed, __ATOMIC_RELAXED),
+                   (unsigned long)__atomic_load_n(&rmr_span_batches_failed, __ATOMIC_RELAXED),
+                   queued);
+}
