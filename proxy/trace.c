@@ -41,7 +41,7 @@
 #include "http.h"
 #include "tls.h"
 
-#define SPANQ_SIZE 4096       /* per worker, a power of two */
+#define SPANQ_SIZE 2048       /* records per worker, a power of two */
 #define EXPORT_EVERY_MS 500   /* the exporter's period */
 #define EXPORT_BATCH_MAX 2048 /* spans per POST */
 #define EXPORT_TIMEOUT_MS 2000
@@ -55,8 +55,11 @@ typedef struct span_ev {
     char endpoint[48];
 } span_ev_t;
 
-/* A finished span, one allocation: the attributes follow as "key\0value\0" pairs; a value whose
- * key starts with '#' is an integer, with '?' a boolean (the mark is not part of the key). */
+#define SPAN_ATTRS_MAX 1536 /* bytes of attributes a span keeps; past it, the rest is dropped */
+
+/* A finished span, written in place into its worker's ring (no allocation on the request path,
+ * no memory passed between threads): the attributes are "key\0value\0" pairs; a key that
+ * starts with '#' holds an integer, with '?' a boolean (the mark is not part of the key). */
 typedef struct span_rec {
     uint8_t trace_id[16], span_id[8], parent_id[8];
     uint8_t has_parent, kind, error, flags;
@@ -65,15 +68,20 @@ typedef struct span_rec {
     span_ev_t ev[SPAN_EVENTS_MAX];
     char name[128];
     char status_msg[48];
-    size_t alen;
-    char attrs[];
+    uint32_t alen, dropped_attrs;
+    char attrs[SPAN_ATTRS_MAX];
 } span_rec_t;
 
 struct span_q {
     _Atomic uint32_t head; /* written by the exporter */
+    char pad[60];
     _Atomic uint32_t tail; /* written by the worker */
-    span_rec_t *slot[SPANQ_SIZE];
+    span_rec_t slot[SPANQ_SIZE];
 };
+
+typedef struct abuf {
+    span_rec_t *r;
+} abuf_t;
 
 uint64_t rmr_spans_exported, rmr_spans_dropped, rmr_spans_failed, rmr_span_batches_failed;
 
@@ -330,22 +338,29 @@ void trace_attempt(stream_t *st, const char *reason)
     snprintf(e->endpoint, sizeof(e->endpoint), "%s", st->ep ? st->ep->conf->addr.text : "");
 }
 
-static void attr(rmr_buf_t *b, const char *key, const char *v, size_t n)
+static void attr(abuf_t *b, const char *key, const char *v, size_t n)
 {
     if (!v || !n)
         return;
-    rmr_buf_append(b, key, strlen(key) + 1);
-    rmr_buf_append(b, v, n);
-    rmr_buf_append(b, "", 1);
+    span_rec_t *r = b->r;
+    size_t kl = strlen(key) + 1;
+    if (r->alen + kl + n + 1 > SPAN_ATTRS_MAX) {
+        r->dropped_attrs++;
+        return;
+    }
+    memcpy(r->attrs + r->alen, key, kl);
+    memcpy(r->attrs + r->alen + kl, v, n);
+    r->attrs[r->alen + kl + n] = 0;
+    r->alen += (uint32_t)(kl + n + 1);
 }
 
-static void attr_s(rmr_buf_t *b, const char *key, const char *v)
+static void attr_s(abuf_t *b, const char *key, const char *v)
 {
     if (v)
         attr(b, key, v, strlen(v));
 }
 
-static void attr_i(rmr_buf_t *b, const char *key, long long v)
+static void attr_i(abuf_t *b, const char *key, long long v)
 {
     char n[24];
     int k = snprintf(n, sizeof(n), "%lld", v);
@@ -354,27 +369,32 @@ static void attr_i(rmr_buf_t *b, const char *key, long long v)
     attr(b, mk, n, (size_t)k);
 }
 
-static void attr_b(rmr_buf_t *b, const char *key)
+static void attr_b(abuf_t *b, const char *key)
 {
     char mk[64];
     snprintf(mk, sizeof(mk), "?%s", key);
     attr(b, mk, "true", 4);
 }
 
-static int spanq_push(worker_t *w, span_rec_t *r)
+/* The next free record of w's ring, or NULL when it is full (or there is no exporter). */
+static span_rec_t *spanq_reserve(worker_t *w)
 {
     struct span_q *q = w->spanq;
     if (!q)
-        return -1;
+        return NULL;
     uint32_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
     uint32_t h = atomic_load_explicit(&q->head, memory_order_acquire);
-    if (t - h >= SPANQ_SIZE)
-        return -1;
-    q->slot[t & (SPANQ_SIZE - 1)] = r;
+    return t - h >= SPANQ_SIZE ? NULL : &q->slot[t & (SPANQ_SIZE - 1)];
+}
+
+static void spanq_commit(worker_t *w)
+{
+    struct span_q *q = w->spanq;
+    uint32_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    uint32_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
     atomic_store_explicit(&q->tail, t + 1, memory_order_release);
-    if (t - h + 1 == SPANQ_SIZE / 2) /* half full: ask for an early export */
+    if (t + 1 - h == SPANQ_SIZE / 4) /* filling up: ask for an early export */
         pthread_cond_signal(&ex.cond);
-    return 0;
 }
 
 void trace_finish(conn_t *d, stream_t *st)
@@ -393,7 +413,15 @@ void trace_finish(conn_t *d, stream_t *st)
     int inbound =
         top->lst && top->lst->index < cfg->n_listeners && cfg->listeners[top->lst->index].inbound;
     const h1_msg_t *m = &st->req;
-    rmr_buf_t b = {0};
+    span_rec_t *r = spanq_reserve(d->w);
+    if (!r) {
+        free(st->trace_ev);
+        st->trace_ev = NULL;
+        __atomic_add_fetch(&rmr_spans_dropped, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    r->alen = r->dropped_attrs = 0;
+    abuf_t b = {r};
     const char *path = h1_str(m, m->url), *auth = "";
     size_t plen = m->url.len, alen = 0;
     if (plen >= 7 && !strncasecmp(path, "http://", 7)) {
@@ -460,21 +488,6 @@ void trace_finish(conn_t *d, stream_t *st)
         attr_s(&b, "tls.peer.identity", id);
     }
     attr_s(&b, "remora.node", cfg->node);
-    if (b.oom) {
-        rmr_buf_free(&b);
-        free(st->trace_ev);
-        st->trace_ev = NULL;
-        return;
-    }
-    span_rec_t *r = malloc(sizeof(*r) + b.len);
-    if (!r) {
-        rmr_buf_free(&b);
-        free(st->trace_ev);
-        st->trace_ev = NULL;
-        __atomic_add_fetch(&rmr_spans_dropped, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    memset(r, 0, sizeof(*r));
     memcpy(r->trace_id, st->trace_id, 16);
     memcpy(r->span_id, st->span_id, 8);
     memcpy(r->parent_id, st->trace_parent, 8);
@@ -487,6 +500,7 @@ void trace_finish(conn_t *d, stream_t *st)
     clock_gettime(CLOCK_REALTIME, &ts);
     r->end_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     snprintf(r->name, sizeof(r->name), "%s %.*s", st->method, (int)(pn > 100 ? 100 : pn), path);
+    r->status_msg[0] = 0;
     if (error)
         snprintf(r->status_msg, sizeof(r->status_msg), "%s",
                  st->reason   ? st->reason
@@ -497,13 +511,7 @@ void trace_finish(conn_t *d, stream_t *st)
         memcpy(r->ev, st->trace_ev, st->trace_nev * sizeof(span_ev_t));
     free(st->trace_ev);
     st->trace_ev = NULL;
-    r->alen = b.len;
-    memcpy(r->attrs, b.data, b.len);
-    rmr_buf_free(&b);
-    if (spanq_push(d->w, r) < 0) {
-        free(r);
-        __atomic_add_fetch(&rmr_spans_dropped, 1, __ATOMIC_RELAXED);
-    }
+    spanq_commit(d->w);
 }
 
 /* ---- export ---- */
@@ -520,33 +528,52 @@ typedef struct arena {
     struct arena *next;
 } arena_t;
 
-static void *arena_alloc(arena_t **a, size_t n)
+/* The exporter's scratch memory for one batch's protobuf-c structs: chunks kept from batch to
+ * batch (reset, not freed), so a steady load allocates nothing. Exporter thread only. */
+static arena_t *arena_first, *arena_cur;
+
+static void arena_reset(void)
 {
+    for (arena_t *a = arena_first; a; a = a->next)
+        a->len = 0;
+    arena_cur = arena_first;
+}
+
+static void *arena_alloc(arena_t **unused, size_t n)
+{
+    (void)unused;
     n = (n + 15) & ~(size_t)15;
-    if (!*a || (*a)->len + n > (*a)->cap) {
-        size_t cap = n > 65536 ? n : 65536;
+    while (arena_cur && arena_cur->len + n > arena_cur->cap && arena_cur->next)
+        arena_cur = arena_cur->next;
+    if (!arena_cur || arena_cur->len + n > arena_cur->cap) {
+        size_t cap = n > (256u << 10) ? n : (256u << 10);
         arena_t *x = malloc(sizeof(*x) + cap);
         if (!x)
             return NULL;
         x->p = (char *)(x + 1);
         x->len = 0;
         x->cap = cap;
-        x->next = *a;
-        *a = x;
+        x->next = NULL;
+        if (arena_cur)
+            arena_cur->next = x;
+        else
+            arena_first = x;
+        arena_cur = x;
     }
-    void *r = (*a)->p + (*a)->len;
-    (*a)->len += n;
+    void *r = arena_cur->p + arena_cur->len;
+    arena_cur->len += n;
     memset(r, 0, n);
     return r;
 }
 
-static void arena_free(arena_t *a)
+static void arena_free_all(void)
 {
-    while (a) {
-        arena_t *n = a->next;
-        free(a);
-        a = n;
+    while (arena_first) {
+        arena_t *n = arena_first->next;
+        free(arena_first);
+        arena_first = n;
     }
+    arena_cur = NULL;
 }
 
 static KeyValue *kv_str(arena_t **a, const char *k, const char *v)
@@ -588,6 +615,7 @@ static uint8_t *encode(span_rec_t **recs, size_t n, size_t *len)
 {
     arena_t *a = NULL;
     uint8_t *out = NULL;
+    arena_reset();
     Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest req =
         OPENTELEMETRY__PROTO__COLLECTOR__TRACE__V1__EXPORT_TRACE_SERVICE_REQUEST__INIT;
     Opentelemetry__Proto__Trace__V1__ResourceSpans rs =
@@ -695,7 +723,6 @@ static uint8_t *encode(span_rec_t **recs, size_t n, size_t *len)
     if (out)
         opentelemetry__proto__collector__trace__v1__export_trace_service_request__pack(&req, out);
 out:
-    arena_free(a);
     return out;
 }
 
@@ -814,20 +841,38 @@ static int ex_post(const uint8_t *body, size_t len)
     return -1;
 }
 
+/* Points out[] at the records waiting in the workers' rings (up to cap), without releasing
+ * them: release() hands them back once they are encoded. */
+static uint32_t taken[RMR_MAX_WORKERS];
+
 static size_t drain(span_rec_t **out, size_t cap)
 {
     size_t n = 0;
-    for (unsigned i = 0; i < rmr_g.nworkers && n < cap; i++) {
+    for (unsigned i = 0; i < rmr_g.nworkers; i++) {
+        taken[i] = 0;
         struct span_q *q = rmr_g.workers[i].spanq;
         if (!q)
             continue;
         uint32_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
         uint32_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
-        while (h != t && n < cap)
-            out[n++] = q->slot[h++ & (SPANQ_SIZE - 1)];
-        atomic_store_explicit(&q->head, h, memory_order_release);
+        while (h != t && n < cap) {
+            out[n++] = &q->slot[h++ & (SPANQ_SIZE - 1)];
+            taken[i]++;
+        }
     }
     return n;
+}
+
+static void release(void)
+{
+    for (unsigned i = 0; i < rmr_g.nworkers; i++) {
+        struct span_q *q = rmr_g.workers[i].spanq;
+        if (q && taken[i])
+            atomic_store_explicit(&q->head,
+                                  atomic_load_explicit(&q->head, memory_order_relaxed) + taken[i],
+                                  memory_order_release);
+        taken[i] = 0;
+    }
 }
 
 static void *exporter_main(void *arg)
@@ -854,6 +899,7 @@ static void *exporter_main(void *arg)
         while ((n = drain(batch, EXPORT_BATCH_MAX)) > 0) {
             size_t len = 0;
             uint8_t *body = encode(batch, n, &len);
+            release(); /* encoded (or lost to no memory): the workers may reuse the records */
             int ok = -1;
             for (int k = 0; body && k < (stop ? 1 : EXPORT_RETRIES) && ok < 0; k++) {
                 if (k)
@@ -875,8 +921,6 @@ static void *exporter_main(void *arg)
                              ex.host, ex.port, ex.path, n);
                 failing = 1;
             }
-            for (size_t i = 0; i < n; i++)
-                free(batch[i]);
             if (n < EXPORT_BATCH_MAX)
                 break;
         }
@@ -884,6 +928,7 @@ static void *exporter_main(void *arg)
             break;
     }
     free(batch);
+    arena_free_all();
     if (ex.fd >= 0)
         close(ex.fd);
     ex.fd = -1;
@@ -976,8 +1021,6 @@ void trace_exporter_stop(void)
         struct span_q *q = rmr_g.workers[i].spanq;
         if (!q)
             continue;
-        for (uint32_t h = q->head; h != q->tail; h++)
-            free(q->slot[h & (SPANQ_SIZE - 1)]);
         free(q);
         rmr_g.workers[i].spanq = NULL;
     }

@@ -10,7 +10,10 @@
 #   idem     an inbound sidecar whose service has idempotency enabled (100,000 entries): every
 #            request carries a new Idempotency-Key, so every one is looked up, held in flight and
 #            its response stored (the store fills, then evicts)
+#   traced   filters, plus tracing at 100% sampling (W3C and B3 written), every span exported
+#            as OTLP/HTTP to the backend nginx (which answers 200): compare with filters
 #
+# SYSTEMS="filters traced" runs only those.
 # The load: wrk, 64 keep-alive connections, POST /pay with a 32-byte body and a unique
 # Idempotency-Key per request (a Lua script), to nginx answering 200 with 64 bytes.
 # Reports req/s and the proxy's CPU time per request, each with its ratio to plain.
@@ -33,8 +36,9 @@ else PIN_PROXY=""; PIN_LOAD=""; fi
 ulimit -n 65536 2>/dev/null
 
 BACK=$((PORT_BASE + 1))
-declare -A PORT=([plain]=$((PORT_BASE + 2)) [filters]=$((PORT_BASE + 3)) [idem]=$((PORT_BASE + 4)))
-SYSTEMS=(plain filters idem)
+declare -A PORT=([plain]=$((PORT_BASE + 2)) [filters]=$((PORT_BASE + 3)) [idem]=$((PORT_BASE + 4))
+                 [traced]=$((PORT_BASE + 5)))
+read -r -a SYSTEMS <<<"${SYSTEMS:-plain filters idem traced}"
 W=$(mktemp -d /tmp/remora-filters.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$W"; }
@@ -48,6 +52,7 @@ http { access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   client_body_temp_path $W/tmp/b1; proxy_temp_path $W/tmp/b2; fastcgi_temp_path $W/tmp/b3;
   uwsgi_temp_path $W/tmp/b4; scgi_temp_path $W/tmp/b5;
   server { listen 127.0.0.1:$BACK reuseport;
+    location = /v1/traces { return 200 ""; }
     location / { return 200 "{\"status\":\"paid\",\"padding\":\"..............................\"}\n"; } } }
 NG
 cat >"$W/mesh.yaml" <<Y
@@ -89,6 +94,15 @@ service: bench
 inbound: {listen: "127.0.0.1:${PORT[idem]}", app: "127.0.0.1:$BACK"}
 cache_dir: "$W/cache-in"
 mesh_file: mesh.yaml
+workers: 1
+Y
+{ cat "$W/mesh.yaml"; printf 'tracing:\n  sample_percent: 100\n  propagate: [w3c, b3]\n  export: {otlp_http: "http://127.0.0.1:%s/v1/traces"}\n' "$BACK"; } >"$W/mesh-traced.yaml"
+cat >"$W/traced.yaml" <<Y
+node: bench-traced
+service: caller
+outbound: {listen: "127.0.0.1:${PORT[traced]}"}
+cache_dir: "$W/cache-traced"
+mesh_file: mesh-traced.yaml
 workers: 1
 Y
 cat >"$W/post.lua" <<'LUA'
@@ -146,10 +160,11 @@ for r in $(seq "$ROUNDS"); do
 done
 median() { sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo
-echo "| system | req/s (median) | ratio | proxy CPU-µs/request | ratio |"
+BASE=${SYSTEMS[0]}
+echo "| system | req/s (median) | ratio to $BASE | proxy CPU-µs/request | ratio |"
 echo "|---|---:|---:|---:|---:|"
-p_rps=$(awk '$1=="plain"{print $2}' "$RES" | median)
-p_us=$(awk '$1=="plain"{print $3}' "$RES" | median)
+p_rps=$(awk -v s="$BASE" '$1==s{print $2}' "$RES" | median)
+p_us=$(awk -v s="$BASE" '$1==s{print $3}' "$RES" | median)
 for s in "${SYSTEMS[@]}"; do
   rps=$(awk -v s="$s" '$1==s{print $2}' "$RES" | median)
   us=$(awk -v s="$s" '$1==s{print $3}' "$RES" | median)
