@@ -512,6 +512,10 @@ found:
 
 static int trace_id_of(const stream_t *st, uint8_t id[16])
 {
+    if (st->trace_live) { /* tracing read the context already (and made one when absent) */
+        memcpy(id, st->trace_id, 16);
+        return 0;
+    }
     const char *v;
     size_t n;
     rmr_traceparent_t tp;

@@ -487,7 +487,6 @@ void trace_finish(conn_t *d, stream_t *st)
         const char *id = tls_peer_identity(top->tls);
         attr_s(&b, "tls.peer.identity", id);
     }
-    attr_s(&b, "remora.node", cfg->node);
     memcpy(r->trace_id, st->trace_id, 16);
     memcpy(r->span_id, st->span_id, 8);
     memcpy(r->parent_id, st->trace_parent, 8);
