@@ -105,7 +105,7 @@ typedef struct stream {
     const char *reason; /* of a local reply (static text), for the access log */
     /* tracing (trace.c) */
     uint8_t trace_id[16], trace_parent[8], span_id[8];
-    uint64_t trace_start_ns;
+    uint64_t trace_start_ns, trace_end_ns;
     void *trace_ev; /* retry events, malloc'd on the first */
     uint8_t trace_nev;
     unsigned trace_live : 1, trace_has_parent : 1, trace_sampled : 1;
@@ -203,6 +203,7 @@ void gray_mirror_end(conn_t *d);
 void trace_request(conn_t *d);
 void trace_attempt(stream_t *st, const char *reason);
 void trace_finish(conn_t *d, stream_t *st);
+void trace_end(stream_t *st); /* the response is complete: the span's end time */
 int msg_add_own(h1_msg_t *m, const char *name, const char *value, size_t vlen);
 /* alog.c: the access-log line of d's stream */
 void alog_request(conn_t *d, const stream_t *st);

@@ -681,6 +681,8 @@ const char *reason_text(const char *reason)
 void local_reply(conn_t *d, int status, const char *reason, int keep)
 {
     if (d->st) {
+        if (d->st->trace_live)
+            trace_end(d->st);
         d->st->reason = reason;
         if (!d->st->status)
             d->st->status = status;
@@ -2257,6 +2259,8 @@ static int resp_on_body(llhttp_t *p, const char *at, size_t len)
 void stream_record(conn_t *d)
 {
     stream_t *st = d->st;
+    if (st->trace_live)
+        trace_end(st);
     uint64_t us = rmr_clock_us() - st->start_us;
     int cls = st->status / 100;
     if (cls < 1 || cls > 5)

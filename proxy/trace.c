@@ -318,6 +318,15 @@ void trace_request(conn_t *d)
     }
 }
 
+void trace_end(stream_t *st)
+{
+    if (st->trace_end_ns)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    st->trace_end_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 void trace_attempt(stream_t *st, const char *reason)
 {
     if (!st->trace_live)
@@ -495,9 +504,8 @@ void trace_finish(conn_t *d, stream_t *st)
     r->error = (uint8_t)error;
     r->flags = st->trace_sampled;
     r->start_ns = st->trace_start_ns;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    r->end_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    trace_end(st); /* when the response did not complete: now */
+    r->end_ns = st->trace_end_ns;
     snprintf(r->name, sizeof(r->name), "%s %.*s", st->method, (int)(pn > 100 ? 100 : pn), path);
     r->status_msg[0] = 0;
     if (error)
