@@ -42,7 +42,7 @@ DEB_PACKAGES=(liburing-dev libnghttp2-dev libssl-dev libc-ares-dev libprotobuf-c
     protobuf-c-compiler libyaml-dev meson ninja-build pkg-config gcc clang libclang-rt-14-dev
     node-llhttp curl wrk python3-pytest python3-pytest-timeout python3-h2 python3-yaml
     python3-grpcio python3-protobuf nghttp2-client nghttp2-proxy openssl haproxy nginx-light
-    iproute2 procps nodejs npm
+    iproute2 procps nodejs npm chromium
     clang-format)
 
 install_deps() {
