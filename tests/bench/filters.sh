@@ -10,7 +10,7 @@
 #   idem     an inbound sidecar whose service has idempotency enabled (100,000 entries): every
 #            request carries a new Idempotency-Key, so every one is looked up, held in flight and
 #            its response stored (the store fills, then evicts)
-#   traced   filters, plus tracing at 100% sampling (W3C and B3 written), every span exported
+#   traced   filters, plus tracing at 100% sampling (W3C propagation), every span exported
 #            as OTLP/HTTP to the backend nginx (which answers 200): compare with filters
 #
 # SYSTEMS="filters traced" runs only those.
@@ -96,7 +96,7 @@ cache_dir: "$W/cache-in"
 mesh_file: mesh.yaml
 workers: 1
 Y
-{ cat "$W/mesh.yaml"; printf 'tracing:\n  sample_percent: 100\n  propagate: [w3c, b3]\n  export: {otlp_http: "http://127.0.0.1:%s/v1/traces"}\n' "$BACK"; } >"$W/mesh-traced.yaml"
+{ cat "$W/mesh.yaml"; printf 'tracing:\n  sample_percent: 100\n  propagate: [w3c]\n  export: {otlp_http: "http://127.0.0.1:%s/v1/traces"}\n' "$BACK"; } >"$W/mesh-traced.yaml"
 cat >"$W/traced.yaml" <<Y
 node: bench-traced
 service: caller
