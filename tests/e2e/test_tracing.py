@@ -9,6 +9,7 @@ protobuf code), which tests/run.sh installs into tests/e2e/otlp/node_modules: a 
 did not write.
 """
 
+import base64
 import json
 import os
 import pathlib
@@ -77,16 +78,20 @@ class Collector:
     def url(self):
         return "http://127.0.0.1:%d/v1/traces" % self.port
 
-    def decoded(self):
-        """Every span received so far: (resource attributes dict, span dict), decoded by npm."""
+    def decoded(self, decoder=None):
+        """Every span received so far: (resource attributes dict, span dict). Decoded by npm's
+        otlp-transformer when it is installed (tests/run.sh installs it), else by python3-protobuf
+        from the descriptors of proto/opentelemetry (decoder: "npm" or "python" to choose)."""
         with self.lock:
             bodies = list(self.bodies)
         if not bodies:
             return []
-        node = shutil.which("node") or shutil.which("nodejs")
-        assert node, "node is missing (apt-get install nodejs)"
-        assert (NODE_MODULES / "@opentelemetry" / "otlp-transformer").is_dir(), \
-            "the OTLP decoder is missing: npm install --prefix %s" % OTLP_DIR
+        if decoder is None:
+            decoder = "npm" if npm_decoder() else "python"
+        if decoder == "python":
+            return python_decode(bodies)
+        node = npm_decoder()
+        assert node, "the OTLP decoder is missing: npm install --prefix %s" % OTLP_DIR
         with tempfile.TemporaryDirectory() as d:
             files = []
             for i, b in enumerate(bodies):
@@ -110,6 +115,46 @@ class Collector:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def npm_decoder():
+    """node, when npm's otlp-transformer is installed in tests/e2e/otlp; else None."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node and (NODE_MODULES / "@opentelemetry" / "otlp-transformer").is_dir():
+        return node
+    return None
+
+
+_py_req = []
+
+
+def python_decode(bodies):
+    """The same shape as decode.js prints, from python3-protobuf and protoc-c's descriptors."""
+    from google.protobuf import descriptor_pb2, json_format, message_factory
+    if not _py_req:
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "otlp.pb")
+            subprocess.run(["protoc-c", "--proto_path=%s" % (harness.REPO / "proto"),
+                            "--include_imports", "--descriptor_set_out=%s" % out,
+                            "opentelemetry/proto/collector/trace/v1/trace_service.proto"],
+                           check=True)
+            fds = descriptor_pb2.FileDescriptorSet.FromString(open(out, "rb").read())
+        msgs = message_factory.GetMessages(list(fds.file))
+        _py_req.append(msgs["opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest"])
+    spans = []
+    for body in bodies:
+        m = _py_req[0].FromString(body)
+        obj = json_format.MessageToDict(m, including_default_value_fields=True,
+                                        use_integers_for_enums=True)
+        for rs in obj.get("resourceSpans", []):
+            res = attrs(rs["resource"]["attributes"])
+            for ss in rs["scopeSpans"]:
+                assert ss["scope"]["name"] == "remora"
+                for sp in ss["spans"]:
+                    for k in ("traceId", "spanId", "parentSpanId"):
+                        sp[k] = base64.b64decode(sp.get(k) or "").hex()
+                    spans.append((res, sp))
+    return spans
 
 
 def attrs(kvs):
@@ -336,3 +381,25 @@ def test_collector_trouble_never_touches_requests(make_remora, make_upstream, mo
     finally:
         if col:
             col.stop()
+
+
+def test_export_decodes_with_npm_otlp_transformer(traced_chain, collector):
+    """The exported bytes, decoded by the generated code of npm's @opentelemetry/otlp-transformer
+    (the published OTLP protos), say what python3-protobuf reads from them with remora's own
+    copies of the protos."""
+    if not npm_decoder():
+        pytest.skip("npm's @opentelemetry/otlp-transformer is not installed in %s (tests/run.sh "
+                    "installs it; the npm registry was not reachable)" % OTLP_DIR)
+    assert rawhttp.get(traced_chain["a"].inbound, "/chain", host="a").status == 200
+    wait_spans(collector, lambda s: len(s) >= 5)
+    by_npm = collector.decoded("npm")
+    by_py = collector.decoded("python")
+    assert len(by_npm) == len(by_py) >= 5
+
+    def key(rs):
+        r, s = rs
+        return (s["spanId"], s["traceId"], s["parentSpanId"], s["name"], s["kind"],
+                str(s["startTimeUnixNano"]), str(s["endTimeUnixNano"]), r["service.name"],
+                tuple(sorted((k, str(v)) for k, v in attrs(s["attributes"]).items())))
+
+    assert sorted(map(key, by_npm)) == sorted(map(key, by_py))
