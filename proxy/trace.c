@@ -33,7 +33,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "opentelemetry/proto/collector/trace/v1/trace_service.pb-c.h"
 #include "remora/gray.h"
 #include "remora/log.h"
 #include "remora/v1/bootstrap.pb-c.h"
@@ -523,214 +522,208 @@ void trace_finish(conn_t *d, stream_t *st)
 
 /* ---- export ---- */
 
-typedef Opentelemetry__Proto__Common__V1__KeyValue KeyValue;
-typedef Opentelemetry__Proto__Common__V1__AnyValue AnyValue;
-typedef Opentelemetry__Proto__Trace__V1__Span Span;
-typedef Opentelemetry__Proto__Trace__V1__Span__Event SpanEvent;
-
-/* Storage for one batch's protobuf-c structs, freed at once. */
-typedef struct arena {
-    char *p;
+/*
+ * The OTLP encoder: ExportTraceServiceRequest written straight from the span records, field by
+ * field (the wire format of the published protos: proto/opentelemetry/ documents every field
+ * number used here). protobuf-c's generic packer walks descriptors and measures every string
+ * twice; this writes each byte once. A nested message is written after a one-byte length
+ * placeholder, and moved right when its length needs more bytes: lengths stay minimal varints.
+ * The tests decode the result with npm's otlp-transformer and with python3-protobuf.
+ */
+typedef struct pb {
+    uint8_t *p;
     size_t len, cap;
-    struct arena *next;
-} arena_t;
+    int oom;
+} pb_t;
 
-/* The exporter's scratch memory for one batch's protobuf-c structs: chunks kept from batch to
- * batch (reset, not freed), so a steady load allocates nothing. Exporter thread only. */
-static arena_t *arena_first, *arena_cur;
-
-static void arena_reset(void)
+static int pb_room(pb_t *b, size_t n)
 {
-    for (arena_t *a = arena_first; a; a = a->next)
-        a->len = 0;
-    arena_cur = arena_first;
-}
-
-static void *arena_alloc(arena_t **unused, size_t n)
-{
-    (void)unused;
-    n = (n + 15) & ~(size_t)15;
-    while (arena_cur && arena_cur->len + n > arena_cur->cap && arena_cur->next)
-        arena_cur = arena_cur->next;
-    if (!arena_cur || arena_cur->len + n > arena_cur->cap) {
-        size_t cap = n > (256u << 10) ? n : (256u << 10);
-        arena_t *x = malloc(sizeof(*x) + cap);
-        if (!x)
-            return NULL;
-        x->p = (char *)(x + 1);
-        x->len = 0;
-        x->cap = cap;
-        x->next = NULL;
-        if (arena_cur)
-            arena_cur->next = x;
-        else
-            arena_first = x;
-        arena_cur = x;
+    if (b->oom)
+        return -1;
+    if (b->len + n <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 65536;
+    while (cap < b->len + n)
+        cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = 1;
+        return -1;
     }
-    void *r = arena_cur->p + arena_cur->len;
-    arena_cur->len += n;
-    memset(r, 0, n);
-    return r;
+    b->p = p;
+    b->cap = cap;
+    return 0;
 }
 
-static void arena_free_all(void)
+static size_t varint_len(uint64_t v)
 {
-    while (arena_first) {
-        arena_t *n = arena_first->next;
-        free(arena_first);
-        arena_first = n;
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
     }
-    arena_cur = NULL;
+    return n;
 }
 
-static KeyValue *kv_str(arena_t **a, const char *k, const char *v)
+static void pb_varint(pb_t *b, uint64_t v)
 {
-    KeyValue *kv = arena_alloc(a, sizeof(*kv));
-    AnyValue *av = arena_alloc(a, sizeof(*av));
-    if (!kv || !av)
-        return NULL;
-    opentelemetry__proto__common__v1__key_value__init(kv);
-    opentelemetry__proto__common__v1__any_value__init(av);
-    kv->key = (char *)k;
-    kv->value = av;
-    av->value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_STRING_VALUE;
-    av->string_value = (char *)v;
-    return kv;
+    if (pb_room(b, 10) < 0)
+        return;
+    while (v >= 0x80) {
+        b->p[b->len++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    b->p[b->len++] = (uint8_t)v;
 }
 
-static KeyValue *kv_any(arena_t **a, const char *k, const char *v)
+static void pb_tag(pb_t *b, unsigned field, unsigned wire)
 {
-    KeyValue *kv;
-    if (k[0] == '#') {
-        if (!(kv = kv_str(a, k + 1, v)))
-            return NULL;
-        kv->value->value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_INT_VALUE;
-        kv->value->int_value = strtoll(v, NULL, 10);
-    } else if (k[0] == '?') {
-        if (!(kv = kv_str(a, k + 1, v)))
-            return NULL;
-        kv->value->value_case = OPENTELEMETRY__PROTO__COMMON__V1__ANY_VALUE__VALUE_BOOL_VALUE;
-        kv->value->bool_value = !strcmp(v, "true");
+    pb_varint(b, (uint64_t)field << 3 | wire);
+}
+
+static void pb_bytes(pb_t *b, unsigned field, const void *v, size_t n)
+{
+    pb_tag(b, field, 2);
+    pb_varint(b, n);
+    if (pb_room(b, n) < 0)
+        return;
+    memcpy(b->p + b->len, v, n);
+    b->len += n;
+}
+
+static void pb_str(pb_t *b, unsigned field, const char *s)
+{
+    if (s && *s)
+        pb_bytes(b, field, s, strlen(s));
+}
+
+static void pb_fixed(pb_t *b, unsigned field, uint64_t v, int bytes)
+{
+    pb_tag(b, field, bytes == 8 ? 1 : 5);
+    if (pb_room(b, 8) < 0)
+        return;
+    for (int i = 0; i < bytes; i++)
+        b->p[b->len++] = (uint8_t)(v >> (8 * i));
+}
+
+/* Starts a nested message: its tag and a one-byte length placeholder; returns where its body
+ * begins, for pb_end. */
+static size_t pb_begin(pb_t *b, unsigned field)
+{
+    pb_tag(b, field, 2);
+    if (pb_room(b, 1) < 0)
+        return 0;
+    b->p[b->len++] = 0;
+    return b->len;
+}
+
+static void pb_end(pb_t *b, size_t start)
+{
+    if (b->oom)
+        return;
+    size_t n = b->len - start, vl = varint_len(n);
+    if (vl > 1) {
+        if (pb_room(b, vl - 1) < 0)
+            return;
+        memmove(b->p + start + vl - 1, b->p + start, n);
+        b->len += vl - 1;
+    }
+    uint8_t *q = b->p + start - 1;
+    uint64_t v = n;
+    while (v >= 0x80) {
+        *q++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *q = (uint8_t)v;
+}
+
+/* KeyValue {1 key, 2 AnyValue {1 string | 2 bool | 3 int}}; the key's mark picks the type. */
+static void pb_kv(pb_t *b, unsigned field, const char *k, const char *v)
+{
+    size_t kv = pb_begin(b, field);
+    int type = k[0] == '#' ? 3 : k[0] == '?' ? 2 : 1;
+    pb_str(b, 1, type == 1 ? k : k + 1);
+    size_t av = pb_begin(b, 2);
+    if (type == 3) {
+        pb_tag(b, 3, 0);
+        pb_varint(b, (uint64_t)strtoll(v, NULL, 10));
+    } else if (type == 2) {
+        pb_tag(b, 2, 0);
+        pb_varint(b, !strcmp(v, "true"));
     } else {
-        kv = kv_str(a, k, v);
+        pb_bytes(b, 1, v, strlen(v));
     }
-    return kv;
+    pb_end(b, av);
+    pb_end(b, kv);
 }
 
-/* Encodes recs[0..n) as an ExportTraceServiceRequest; malloc'd, *len set; NULL on no memory. */
-static uint8_t *encode(span_rec_t **recs, size_t n, size_t *len)
+static pb_t ex_pb; /* the exporter's output buffer, kept from batch to batch */
+
+/* Encodes recs[0..n) as an ExportTraceServiceRequest into ex_pb; -1 on no memory. */
+static int encode(span_rec_t **recs, size_t n)
 {
-    arena_t *a = NULL;
-    uint8_t *out = NULL;
-    arena_reset();
-    Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest req =
-        OPENTELEMETRY__PROTO__COLLECTOR__TRACE__V1__EXPORT_TRACE_SERVICE_REQUEST__INIT;
-    Opentelemetry__Proto__Trace__V1__ResourceSpans rs =
-        OPENTELEMETRY__PROTO__TRACE__V1__RESOURCE_SPANS__INIT;
-    Opentelemetry__Proto__Resource__V1__Resource res =
-        OPENTELEMETRY__PROTO__RESOURCE__V1__RESOURCE__INIT;
-    Opentelemetry__Proto__Trace__V1__ScopeSpans ss =
-        OPENTELEMETRY__PROTO__TRACE__V1__SCOPE_SPANS__INIT;
-    Opentelemetry__Proto__Common__V1__InstrumentationScope scope =
-        OPENTELEMETRY__PROTO__COMMON__V1__INSTRUMENTATION_SCOPE__INIT;
-    Opentelemetry__Proto__Trace__V1__ResourceSpans *rsp = &rs;
-    Opentelemetry__Proto__Trace__V1__ScopeSpans *ssp = &ss;
-    KeyValue *rattrs[4];
-    size_t nr = 0;
-    if (!(rattrs[nr++] = kv_str(&a, "service.name", ex.service)) ||
-        !(rattrs[nr++] = kv_str(&a, "service.instance.id", ex.node)))
-        goto out;
-    if (ex.version[0] && !(rattrs[nr++] = kv_str(&a, "service.version", ex.version)))
-        goto out;
-    res.attributes = rattrs;
-    res.n_attributes = nr;
-    scope.name = "remora";
-    scope.version = REMORA_VERSION;
-    Span **spans = arena_alloc(&a, n * sizeof(*spans));
-    if (!spans)
-        goto out;
+    pb_t *b = &ex_pb;
+    b->len = 0;
+    b->oom = 0;
+    size_t rs = pb_begin(b, 1);  /* ResourceSpans */
+    size_t res = pb_begin(b, 1); /* Resource */
+    pb_kv(b, 1, "service.name", ex.service);
+    pb_kv(b, 1, "service.instance.id", ex.node);
+    if (ex.version[0])
+        pb_kv(b, 1, "service.version", ex.version);
+    pb_end(b, res);
+    size_t ss = pb_begin(b, 2); /* ScopeSpans */
+    size_t sc = pb_begin(b, 1); /* InstrumentationScope */
+    pb_str(b, 1, "remora");
+    pb_str(b, 2, REMORA_VERSION);
+    pb_end(b, sc);
     for (size_t i = 0; i < n; i++) {
-        span_rec_t *r = recs[i];
-        Span *s = arena_alloc(&a, sizeof(*s));
-        Opentelemetry__Proto__Trace__V1__Status *status = arena_alloc(&a, sizeof(*status));
-        if (!s || !status)
-            goto out;
-        opentelemetry__proto__trace__v1__span__init(s);
-        opentelemetry__proto__trace__v1__status__init(status);
-        s->trace_id = (ProtobufCBinaryData){16, r->trace_id};
-        s->span_id = (ProtobufCBinaryData){8, r->span_id};
+        const span_rec_t *r = recs[i];
+        size_t sp = pb_begin(b, 2); /* Span */
+        pb_bytes(b, 1, r->trace_id, 16);
+        pb_bytes(b, 2, r->span_id, 8);
         if (r->has_parent)
-            s->parent_span_id = (ProtobufCBinaryData){8, r->parent_id};
-        s->flags = 0x100 | r->flags; /* the sampled flag, and "parent is remote" known */
-        s->name = r->name;
-        s->kind = r->kind == 2 ? OPENTELEMETRY__PROTO__TRACE__V1__SPAN__SPAN_KIND__SPAN_KIND_SERVER
-                               : OPENTELEMETRY__PROTO__TRACE__V1__SPAN__SPAN_KIND__SPAN_KIND_CLIENT;
-        s->start_time_unix_nano = r->start_ns;
-        s->end_time_unix_nano = r->end_ns;
-        status->code =
-            r->error ? OPENTELEMETRY__PROTO__TRACE__V1__STATUS__STATUS_CODE__STATUS_CODE_ERROR
-                     : OPENTELEMETRY__PROTO__TRACE__V1__STATUS__STATUS_CODE__STATUS_CODE_UNSET;
-        status->message = r->status_msg;
-        s->status = status;
-        /* attributes */
-        size_t na = 0;
-        for (size_t off = 0; off < r->alen;) {
-            off += strlen(r->attrs + off) + 1;
-            off += strlen(r->attrs + off) + 1;
-            na++;
-        }
-        s->attributes = arena_alloc(&a, (na ? na : 1) * sizeof(KeyValue *));
-        if (!s->attributes)
-            goto out;
+            pb_bytes(b, 4, r->parent_id, 8);
+        pb_str(b, 5, r->name);
+        pb_tag(b, 6, 0);
+        pb_varint(b, r->kind); /* 2 SERVER, 3 CLIENT */
+        pb_fixed(b, 7, r->start_ns, 8);
+        pb_fixed(b, 8, r->end_ns, 8);
         for (size_t off = 0; off < r->alen;) {
             const char *k = r->attrs + off;
             off += strlen(k) + 1;
             const char *v = r->attrs + off;
             off += strlen(v) + 1;
-            if (!(s->attributes[s->n_attributes++] = kv_any(&a, k, v)))
-                goto out;
+            pb_kv(b, 9, k, v);
         }
-        if (r->n_ev) {
-            s->events = arena_alloc(&a, r->n_ev * sizeof(SpanEvent *));
-            if (!s->events)
-                goto out;
-            for (uint32_t k = 0; k < r->n_ev; k++) {
-                SpanEvent *e = arena_alloc(&a, sizeof(*e));
-                KeyValue **ea = arena_alloc(&a, 3 * sizeof(KeyValue *));
-                char *num = arena_alloc(&a, 16);
-                if (!e || !ea || !num)
-                    goto out;
-                opentelemetry__proto__trace__v1__span__event__init(e);
-                e->time_unix_nano = r->ev[k].t_ns;
-                e->name = "retry";
-                snprintf(num, 16, "%u", r->ev[k].attempt);
-                if (!(ea[0] = kv_any(&a, "#remora.attempt", num)) ||
-                    !(ea[1] = kv_str(&a, "remora.retry_reason", r->ev[k].reason)) ||
-                    !(ea[2] = kv_str(&a, "remora.upstream", r->ev[k].endpoint)))
-                    goto out;
-                e->attributes = ea;
-                e->n_attributes = 3;
-                s->events[s->n_events++] = e;
-            }
+        if (r->dropped_attrs) {
+            pb_tag(b, 10, 0);
+            pb_varint(b, r->dropped_attrs);
         }
-        spans[i] = s;
+        for (uint32_t k = 0; k < r->n_ev; k++) {
+            size_t ev = pb_begin(b, 11); /* Span.Event */
+            pb_fixed(b, 1, r->ev[k].t_ns, 8);
+            pb_str(b, 2, "retry");
+            char num[16];
+            snprintf(num, sizeof(num), "%u", r->ev[k].attempt);
+            pb_kv(b, 3, "#remora.attempt", num);
+            pb_kv(b, 3, "remora.retry_reason", r->ev[k].reason);
+            pb_kv(b, 3, "remora.upstream", r->ev[k].endpoint);
+            pb_end(b, ev);
+        }
+        size_t st = pb_begin(b, 15); /* Status */
+        pb_str(b, 2, r->status_msg);
+        if (r->error) {
+            pb_tag(b, 3, 0);
+            pb_varint(b, 2); /* STATUS_CODE_ERROR */
+        }
+        pb_end(b, st);
+        pb_fixed(b, 16, 0x100u | r->flags, 4); /* the sampled flag; "is remote" known */
+        pb_end(b, sp);
     }
-    ss.scope = &scope;
-    ss.spans = spans;
-    ss.n_spans = n;
-    rs.resource = &res;
-    rs.scope_spans = &ssp;
-    rs.n_scope_spans = 1;
-    req.resource_spans = &rsp;
-    req.n_resource_spans = 1;
-    *len =
-        opentelemetry__proto__collector__trace__v1__export_trace_service_request__get_packed_size(
-            &req);
-    out = malloc(*len ? *len : 1);
-    if (out)
-        opentelemetry__proto__collector__trace__v1__export_trace_service_request__pack(&req, out);
-out:
-    return out;
+    pb_end(b, ss);
+    pb_end(b, rs);
+    return b->oom ? -1 : 0;
 }
 
 static int wait_fd(int fd, short ev, int ms)
@@ -904,16 +897,14 @@ static void *exporter_main(void *arg)
         pthread_mutex_unlock(&ex.lock);
         size_t n;
         while ((n = drain(batch, EXPORT_BATCH_MAX)) > 0) {
-            size_t len = 0;
-            uint8_t *body = encode(batch, n, &len);
+            int enc = encode(batch, n);
             release(); /* encoded (or lost to no memory): the workers may reuse the records */
             int ok = -1;
-            for (int k = 0; body && k < (stop ? 1 : EXPORT_RETRIES) && ok < 0; k++) {
+            for (int k = 0; enc == 0 && k < (stop ? 1 : EXPORT_RETRIES) && ok < 0; k++) {
                 if (k)
                     usleep(200000u << (k - 1)); /* 200, 400 ms */
-                ok = ex_post(body, len);
+                ok = ex_post(ex_pb.p, ex_pb.len);
             }
-            free(body);
             if (ok == 0) {
                 __atomic_add_fetch(&rmr_spans_exported, n, __ATOMIC_RELAXED);
                 if (failing)
@@ -935,7 +926,8 @@ static void *exporter_main(void *arg)
             break;
     }
     free(batch);
-    arena_free_all();
+    free(ex_pb.p);
+    ex_pb = (pb_t){0};
     if (ex.fd >= 0)
         close(ex.fd);
     ex.fd = -1;
