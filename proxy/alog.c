@@ -161,26 +161,6 @@ void alog_worker_exit(worker_t *w)
     rmr_buf_free(&w->alog_buf);
 }
 
-/* The request's authority and path as received (absolute-form or Host; :authority for h2). */
-static void target_of(const stream_t *st, const char **auth, size_t *alen, const char **path,
-                      size_t *plen)
-{
-    const h1_msg_t *m = &st->req;
-    *path = h1_str(m, m->url);
-    *plen = m->url.len;
-    *auth = m->host >= 0 ? h1_str(m, m->hdrs[m->host].value) : "";
-    *alen = m->host >= 0 ? m->hdrs[m->host].value.len : 0;
-    if (*plen >= 7 && !strncasecmp(*path, "http://", 7)) {
-        const char *a = *path + 7, *e = *path + *plen, *q = a;
-        while (q < e && *q != '/' && *q != '?')
-            q++;
-        *auth = a;
-        *alen = (size_t)(q - a);
-        *path = q < e ? q : "/";
-        *plen = q < e ? (size_t)(e - q) : 1;
-    }
-}
-
 static void json_n(rmr_buf_t *b, const char *key, const char *s, size_t n)
 {
     rmr_buf_printf(b, ",\"%s\":\"", key);
@@ -225,7 +205,7 @@ void alog_request(conn_t *d, const stream_t *st)
     }
     const char *auth, *path;
     size_t alen, plen;
-    target_of(st, &auth, &alen, &path, &plen);
+    req_target(&st->req, &auth, &alen, &path, &plen);
     const conn_t *top = d->virt ? d->parent : d;
     const rmr_config_t *cfg = st->view->config;
     int inbound =

@@ -154,6 +154,9 @@ void gray_render_prometheus(rmr_buf_t *b, unsigned nw)
 /* ---- setup ---- */
 
 static rmr_lanes_t *lanes_store; /* for the admin thread */
+/* Set once any lane was remembered: until then an outbound request need not take the lane
+ * memory's lock to learn that it holds nothing. */
+static int lanes_used;
 
 rmr_lanes_t *gray_lanes_store(void)
 {
@@ -612,17 +615,20 @@ int gray_request(conn_t *d, int inbound)
     uint8_t tid[16];
     if (inbound) {
         /* remember the trace's lane for the app's own calls, which may carry only traceparent */
-        if (st->lane_len && trace_id_of(st, tid) == 0)
-            rmr_lanes_put(v->lanes, tid, st->lane, st->lane_len, w->loop.now_ms);
+        if (st->lane_len && trace_id_of(st, tid) == 0 &&
+            rmr_lanes_put(v->lanes, tid, st->lane, st->lane_len, w->loop.now_ms) == 0 &&
+            !__atomic_load_n(&lanes_used, __ATOMIC_RELAXED))
+            __atomic_store_n(&lanes_used, 1, __ATOMIC_RELAXED);
         return 0;
     }
-    if (!st->lane_len && trace_id_of(st, tid) == 0) {
+    if (!st->lane_len && __atomic_load_n(&lanes_used, __ATOMIC_RELAXED) &&
+        trace_id_of(st, tid) == 0) {
         int n = rmr_lanes_get(v->lanes, tid, st->lane, sizeof(st->lane), w->loop.now_ms);
         if (n > 0 && lane_ok(st->lane, (size_t)n)) {
             st->lane_len = (uint8_t)n;
             /* put it back on the call, for the next hop's sidecar */
             const char *h = g && g->lane_header ? g->lane_header : v->lane_headers[0];
-            if (h1_msg_add(&st->req, h, strlen(h), st->lane, st->lane_len) < 0)
+            if (msg_add_own(&st->req, h, st->lane, st->lane_len) < 0)
                 RMR_DEBUG("lane: no room to add %s", h);
         }
     }
@@ -752,21 +758,10 @@ void gray_mirror(conn_t *d, const char *body, size_t blen)
     rmr_buf_t b = {0};
     const char *auth, *path;
     size_t alen, plen;
-    path = h1_str(m, m->url);
-    plen = m->url.len;
-    auth = st->cluster->conf->name;
-    alen = strlen(auth);
-    if (plen >= 7 && !strncasecmp(path, "http://", 7)) {
-        const char *a = path + 7, *e = path + plen, *q = a;
-        while (q < e && *q != '/' && *q != '?')
-            q++;
-        auth = a;
-        alen = (size_t)(q - a);
-        path = q < e ? q : "/";
-        plen = q < e ? (size_t)(e - q) : 1;
-    } else if (m->host >= 0) {
-        auth = h1_str(m, m->hdrs[m->host].value);
-        alen = m->hdrs[m->host].value.len;
+    req_target(m, &auth, &alen, &path, &plen);
+    if (!auth) {
+        auth = st->cluster->conf->name;
+        alen = strlen(auth);
     }
     rmr_buf_printf(&b, "%s %.*s HTTP/1.1\r\nhost: %.*s\r\n", st->method, (int)plen, path, (int)alen,
                    auth);

@@ -1055,21 +1055,12 @@ int h2_up_dispatch(conn_t *d)
     const h1_msg_t *m = &st->req;
     nghttp2_nv nv[H2_MAX_NV];
     size_t k = 0;
-    const char *path = h1_str(m, m->url);
-    size_t plen = m->url.len;
-    const char *auth = st->cluster->conf->name;
-    size_t alen = strlen(auth);
-    if (plen >= 7 && !strncasecmp(path, "http://", 7)) { /* absolute-form */
-        const char *a = path + 7, *e = path + plen, *q = a;
-        while (q < e && *q != '/' && *q != '?')
-            q++;
-        auth = a;
-        alen = (size_t)(q - a);
-        path = q < e ? q : "/";
-        plen = q < e ? (size_t)(e - q) : 1;
-    } else if (m->host >= 0) {
-        auth = h1_str(m, m->hdrs[m->host].value);
-        alen = m->hdrs[m->host].value.len;
+    const char *path, *auth;
+    size_t plen, alen;
+    req_target(m, &auth, &alen, &path, &plen);
+    if (!auth) {
+        auth = st->cluster->conf->name;
+        alen = strlen(auth);
     }
 #define NV(n, nl, v, vl) nv[k++] = (nghttp2_nv){(uint8_t *)(n), (uint8_t *)(v), (nl), (vl), 0}
     NV(":method", 7, st->method, strlen(st->method));

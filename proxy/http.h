@@ -208,6 +208,10 @@ int msg_add_own(h1_msg_t *m, const char *name, const char *value, size_t vlen);
 /* alog.c: the access-log line of d's stream */
 void alog_request(conn_t *d, const stream_t *st);
 #define RETRY_BODY_MAX (64 * 1024) /* request body kept to send again on a retry */
+/* The request's authority and origin-form path: from an absolute-form target, else the Host
+ * header (*auth NULL and *alen 0 when there is none) and the target as it is. */
+void req_target(const h1_msg_t *m, const char **auth, size_t *alen, const char **path,
+                size_t *plen);
 /* The x-remora-deadline-ms to send upstream for d's stream (ms left of the route's timeout), or
  * 0 when none is sent (no timeout or retries on the route, or the client sent one). */
 uint64_t deadline_header_ms(conn_t *d);

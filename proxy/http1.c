@@ -912,6 +912,17 @@ static int split_absolute(const char *u, size_t n, const char **auth, size_t *al
     return 1;
 }
 
+void req_target(const h1_msg_t *m, const char **auth, size_t *alen, const char **path, size_t *plen)
+{
+    const char *u = h1_str(m, m->url);
+    if (split_absolute(u, m->url.len, auth, alen, path, plen))
+        return;
+    *path = u;
+    *plen = m->url.len;
+    *auth = m->host >= 0 ? h1_str(m, m->hdrs[m->host].value) : NULL;
+    *alen = m->host >= 0 ? m->hdrs[m->host].value.len : 0;
+}
+
 /* The request's authority (absolute-form target first, then Host), port stripped. */
 static void req_authority(const stream_t *st, const char **host, size_t *hlen, const char **path,
                           size_t *plen, const char **full, size_t *flen)

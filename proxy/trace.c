@@ -278,7 +278,6 @@ void trace_request(conn_t *d)
     memcpy(st->span_id, &s, 8);
     if (zero(st->span_id, 8))
         st->span_id[7] = 1;
-    st->trace_start_ns = (uint64_t)time(NULL) * 1000000000ull; /* refined below */
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     st->trace_start_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
@@ -430,20 +429,9 @@ void trace_finish(conn_t *d, stream_t *st)
     }
     r->alen = r->dropped_attrs = 0;
     abuf_t b = {r};
-    const char *path = h1_str(m, m->url), *auth = "";
-    size_t plen = m->url.len, alen = 0;
-    if (plen >= 7 && !strncasecmp(path, "http://", 7)) {
-        const char *a = path + 7, *e = path + plen, *q = a;
-        while (q < e && *q != '/' && *q != '?')
-            q++;
-        auth = a;
-        alen = (size_t)(q - a);
-        path = q < e ? q : "/";
-        plen = q < e ? (size_t)(e - q) : 1;
-    } else if (m->host >= 0) {
-        auth = h1_str(m, m->hdrs[m->host].value);
-        alen = m->hdrs[m->host].value.len;
-    }
+    const char *path, *auth;
+    size_t plen, alen;
+    req_target(m, &auth, &alen, &path, &plen);
     const char *qm = memchr(path, '?', plen);
     size_t pn = qm ? (size_t)(qm - path) : plen;
     attr_s(&b, "http.request.method", st->method);
