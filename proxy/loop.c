@@ -253,7 +253,9 @@ void rmr_timer_stop(rmr_loop_t *loop, rmr_timer_t *t)
 
 void rmr_timer_set(rmr_loop_t *loop, rmr_timer_t *t, uint64_t ms)
 {
-    uint64_t deadline = loop->now_ms + ms;
+    /* now_ms is the turn's clock cut down to the millisecond: one more tick keeps a timer of
+     * ms > 0 from firing before ms have passed since it was armed. */
+    uint64_t deadline = loop->now_ms + ms + (ms != 0);
     if (t->slot) {
         uint32_t i = t->slot - 1;
         uint64_t old = t->deadline;

@@ -95,7 +95,8 @@ void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms);
 /* Wakes the loop from another thread: on_wake runs on the loop's thread. Async-signal-safe. */
 void rmr_loop_wake(rmr_loop_t *loop);
 
-/* Arms (or re-arms) t to fire after ms milliseconds. */
+/* Arms (or re-arms) t to fire after ms milliseconds: never sooner, and within the turn after the
+ * deadline's millisecond ends. ms = 0 fires on the next turn. */
 void rmr_timer_set(rmr_loop_t *loop, rmr_timer_t *t, uint64_t ms);
 void rmr_timer_stop(rmr_loop_t *loop, rmr_timer_t *t);
 static inline int rmr_timer_armed(const rmr_timer_t *t)

@@ -103,14 +103,16 @@ static int enough_fired(void)
 static void test_timer_order_logical(void)
 {
     /* Deadlines in the past of the real clock: one turn fires them all, in deadline order.
-     * loop.now_ms is moved back so that the delays spread over a long range. */
+     * loop.now_ms is moved back so that the delays spread over a long range: up to 1000 s, or
+     * less on a machine up for less than twice that (the monotonic clock starts at boot). */
     tt_reset();
-    uint64_t base = rmr_clock_ms() - 2000000;
+    uint64_t now = rmr_clock_ms(), range = now / 2 < 1000000 ? now / 2 : 1000000;
+    uint64_t base = now - 2 * range;
     loop.now_ms = base;
     for (int i = 0; i < NT; i++) {
-        uint64_t d = rnd() % 1000000;
+        uint64_t d = rnd() % range;
         rmr_timer_set(&loop, &tt[i].t, d);
-        tt[i].deadline = base + d;
+        tt[i].deadline = base + d + (d != 0);
     }
     CHECK_INT(loop.nheap, NT);
     CHECK(loop.capheap >= NT);
@@ -170,9 +172,9 @@ static void test_timer_rearm_stop(void)
     CHECK(loop.heap[0] == &tt[0].t);
     rmr_timer_set(&loop, &tt[0].t, 200); /* later */
     CHECK(loop.heap[0] == &tt[1].t);
-    CHECK_INT(tt[0].t.deadline, now + 200);
-    CHECK_INT(loop.nheap, 2);           /* re-arming does not add a second entry */
-    rmr_timer_set(&loop, &tt[0].t, 10); /* earlier */
+    CHECK_INT(tt[0].t.deadline, now + 200 + 1); /* one tick up: never early */
+    CHECK_INT(loop.nheap, 2);                   /* re-arming does not add a second entry */
+    rmr_timer_set(&loop, &tt[0].t, 10);         /* earlier */
     CHECK(loop.heap[0] == &tt[0].t);
     CHECK_INT(loop.nheap, 2);
     rmr_timer_stop(&loop, &tt[0].t);
