@@ -39,7 +39,7 @@ record() {
 # ---- (a) dependencies ----------------------------------------------------------------------
 
 DEB_PACKAGES=(liburing-dev libnghttp2-dev libssl-dev libc-ares-dev libprotobuf-c-dev
-    protobuf-c-compiler libyaml-dev meson ninja-build pkg-config gcc clang libclang-rt-14-dev
+    protobuf-c-compiler libyaml-dev zlib1g-dev meson ninja-build pkg-config gcc clang libclang-rt-14-dev
     node-llhttp curl wrk python3-pytest python3-pytest-timeout python3-h2 python3-yaml
     python3-grpcio python3-protobuf nghttp2-client nghttp2-proxy openssl haproxy nginx-light
     iproute2 procps nodejs npm chromium
@@ -48,6 +48,8 @@ DEB_PACKAGES=(liburing-dev libnghttp2-dev libssl-dev libc-ares-dev libprotobuf-c
 install_deps() {
     local missing=() p
     for p in "${DEB_PACKAGES[@]}"; do
+        # node and npm may come from another packaging of Node.js (one package with both)
+        case $p in nodejs) command -v node >/dev/null && continue ;; npm) command -v npm >/dev/null && continue ;; esac
         if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
             missing+=("$p")
         fi
@@ -65,8 +67,17 @@ install_deps() {
         fi
     fi
     export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -q &&
-        "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+    "${sudo[@]}" apt-get update -q || return 1
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" && return 0
+    # One package that cannot be installed here must not keep out the others.
+    echo "installing the missing packages one by one" >&2
+    local failed=()
+    for p in "${missing[@]}"; do
+        "${sudo[@]}" apt-get install -y -q --no-install-recommends "$p" >/dev/null 2>&1 || failed+=("$p")
+    done
+    [ ${#failed[@]} -eq 0 ] && return 0
+    echo "could not install: ${failed[*]}" >&2
+    return 1
 }
 
 if command -v dpkg-query >/dev/null; then
