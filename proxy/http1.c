@@ -1023,11 +1023,18 @@ static void emit_headers(rmr_buf_t *b, const h1_msg_t *m, int skip_host)
         const h1_hdr_t *h = &m->hdrs[i];
         if (h->dropped || (skip_host && h->kind == H_HOST))
             continue;
-        rmr_buf_append(b, h1_str(m, h->name), h->name.len);
-        rmr_buf_append(b, ": ", 2);
-        if (h->value.len)
-            rmr_buf_append(b, h1_str(m, h->value), h->value.len);
-        rmr_buf_append(b, "\r\n", 2);
+        size_t nl = h->name.len, vl = h->value.len;
+        if (rmr_buf_reserve(b, nl + vl + 4) < 0)
+            return;
+        char *o = b->data + b->len;
+        memcpy(o, h1_str(m, h->name), nl);
+        o[nl] = ':';
+        o[nl + 1] = ' ';
+        if (vl)
+            memcpy(o + nl + 2, h1_str(m, h->value), vl);
+        o[nl + 2 + vl] = '\r';
+        o[nl + 3 + vl] = '\n';
+        b->len += nl + vl + 4;
     }
 }
 
@@ -1060,8 +1067,11 @@ static void build_upstream_head(conn_t *d, rmr_buf_t *b)
     }
     if (st->req_out == FRAME_CHUNKED)
         rmr_buf_str(b, "transfer-encoding: chunked\r\n");
-    else if (st->has_cl)
-        rmr_buf_printf(b, "content-length: %lu\r\n", (unsigned long)st->req_cl);
+    else if (st->has_cl) {
+        rmr_buf_lit(b, "content-length: ");
+        rmr_buf_u64(b, st->req_cl);
+        rmr_buf_lit(b, "\r\n");
+    }
     /* X-Forwarded-For: the values received, in order, then this client. */
     rmr_buf_str(b, "x-forwarded-for: ");
     for (uint32_t i = 0; i < m->nhdrs; i++)
@@ -1077,8 +1087,11 @@ static void build_upstream_head(conn_t *d, rmr_buf_t *b)
         rmr_buf_str(b, "\r\n");
     }
     uint64_t left = deadline_header_ms(d);
-    if (left)
-        rmr_buf_printf(b, "x-remora-deadline-ms: %lu\r\n", (unsigned long)left);
+    if (left) {
+        rmr_buf_lit(b, "x-remora-deadline-ms: ");
+        rmr_buf_u64(b, left);
+        rmr_buf_lit(b, "\r\n");
+    }
     rmr_buf_str(b, "\r\n");
 }
 
@@ -1561,7 +1574,14 @@ static int req_on_headers_complete(llhttp_t *p)
         m->err_reason = "method-not-allowed";
         return -1;
     }
-    snprintf(st->method, sizeof(st->method), "%s", llhttp_method_name(p->method));
+    {
+        const char *mn = llhttp_method_name(p->method);
+        size_t ml = strlen(mn);
+        if (ml >= sizeof(st->method))
+            ml = sizeof(st->method) - 1;
+        memcpy(st->method, mn, ml);
+        st->method[ml] = 0;
+    }
     st->client11 = p->http_major == 1 && p->http_minor >= 1;
     st->keepalive = llhttp_should_keep_alive(p) && !(m->conn_tokens & H1_CONN_CLOSE);
     st->head_req = p->method == HTTP_HEAD;
@@ -1623,8 +1643,9 @@ void req_body_out(conn_t *d, const char *at, size_t len)
         return;
     if (st->req_out == FRAME_CHUNKED) {
         char hdr[24];
-        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
-        out_append(u, hdr, (size_t)n);
+        size_t n = rmr_fmt_hex(hdr, len);
+        memcpy(hdr + n, "\r\n", 2);
+        out_append(u, hdr, n + 2);
         out_append(u, at, len);
         out_append(u, "\r\n", 2);
     } else {
@@ -2003,8 +2024,10 @@ static void stream_dispatch(conn_t *d)
     int resend = st->attempt > 1 || st->body_held;
     if (resend && st->replay && st->replay->len) {
         /* a retry: the body so far goes again; what is still to come follows as it arrives */
-        if (st->req_out == FRAME_CHUNKED)
-            rmr_buf_printf(b, "%zx\r\n", st->replay->len);
+        if (st->req_out == FRAME_CHUNKED) {
+            rmr_buf_hex(b, st->replay->len);
+            rmr_buf_lit(b, "\r\n");
+        }
         rmr_buf_append(b, st->replay->data, st->replay->len);
         if (st->req_out == FRAME_CHUNKED)
             rmr_buf_append(b, "\r\n", 2);
@@ -2110,9 +2133,8 @@ void resp_head_out(conn_t *d, const h1_msg_t *m, int status, int has_cl, uint64_
     stream_t *st = d->st;
     int interim = status >= 100 && status < 200 && status != 101;
     if (!interim && st->attempt > 1 && m == &st->resp) {
-        char n[12];
-        h1_msg_add(&st->resp, "x-remora-attempts", 17, n,
-                   (size_t)snprintf(n, sizeof(n), "%u", (unsigned)st->attempt));
+        char n[20];
+        h1_msg_add(&st->resp, "x-remora-attempts", 17, n, rmr_fmt_u64(n, st->attempt));
     }
     if (!interim && st->idem_new)
         idem_capture_head(st, m);
@@ -2145,7 +2167,9 @@ void resp_head_out(conn_t *d, const h1_msg_t *m, int status, int has_cl, uint64_
     }
     if (st->resp_out == FRAME_CLOSE)
         d->close_after = 1;
-    rmr_buf_printf(b, "HTTP/1.1 %d ", status);
+    rmr_buf_lit(b, "HTTP/1.1 ");
+    rmr_buf_u64(b, (unsigned)status);
+    rmr_buf_lit(b, " ");
     if (m->status_text.len)
         rmr_buf_append(b, h1_str(m, m->status_text), m->status_text.len);
     else
@@ -2162,8 +2186,11 @@ void resp_head_out(conn_t *d, const h1_msg_t *m, int status, int has_cl, uint64_
     } else if (!interim) {
         if (st->resp_out == FRAME_CHUNKED)
             rmr_buf_str(b, "transfer-encoding: chunked\r\n");
-        else if (has_cl && status != 204)
-            rmr_buf_printf(b, "content-length: %lu\r\n", (unsigned long)cl);
+        else if (has_cl && status != 204) {
+            rmr_buf_lit(b, "content-length: ");
+            rmr_buf_u64(b, cl);
+            rmr_buf_lit(b, "\r\n");
+        }
         if (d->close_after)
             rmr_buf_str(b, "connection: close\r\n");
         else if (!client11)
@@ -2180,8 +2207,9 @@ void resp_body_out(conn_t *d, const char *at, size_t len)
         idem_capture_body(st, at, len, idem_max_body(st));
     if (st->resp_out == FRAME_CHUNKED) {
         char hdr[24];
-        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
-        out_append(d, hdr, (size_t)n);
+        size_t n = rmr_fmt_hex(hdr, len);
+        memcpy(hdr + n, "\r\n", 2);
+        out_append(d, hdr, n + 2);
         out_append(d, at, len);
         out_append(d, "\r\n", 2);
     } else {

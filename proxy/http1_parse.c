@@ -162,31 +162,48 @@ int h1_on_header_value_complete(h1_msg_t *m)
     return 0;
 }
 
-int h1_span_eq(const h1_msg_t *m, h1_span_t s, const char *lit)
+int h1_span_ieq(const h1_msg_t *m, h1_span_t s, const char *lc, size_t n)
 {
-    size_t n = strlen(lit);
-    return s.len == n && strncasecmp(h1_str(m, s), lit, n) == 0;
+    if (s.len != n)
+        return 0;
+    const char *p = h1_str(m, s);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i], l = (unsigned char)lc[i];
+        if (c != l && (c | 0x20) != (l | 0x20))
+            return 0;
+        if (c != l && !((c | 0x20) >= 'a' && (c | 0x20) <= 'z'))
+            return 0;
+    }
+    return 1;
 }
 
 static uint8_t classify(const h1_msg_t *m, h1_span_t name)
 {
+    /* every header of every message comes through here: lengths first, no strlen */
+#define K(s, k)                                                                                    \
+    {                                                                                              \
+        s, sizeof(s) - 1, k                                                                        \
+    }
     static const struct {
         const char *name;
-        uint8_t kind;
+        uint8_t len, kind;
     } known[] = {
-        {"connection", H_CONNECTION},
-        {"keep-alive", H_KEEP_ALIVE},
-        {"proxy-connection", H_PROXY_CONNECTION},
-        {"te", H_TE},
-        {"transfer-encoding", H_TRANSFER_ENCODING},
-        {"upgrade", H_UPGRADE},
-        {"content-length", H_CONTENT_LENGTH},
-        {"host", H_HOST},
-        {"x-forwarded-for", H_X_FORWARDED_FOR},
-        {"trailer", H_TRAILER},
+        K("connection", H_CONNECTION),
+        K("keep-alive", H_KEEP_ALIVE),
+        K("proxy-connection", H_PROXY_CONNECTION),
+        K("te", H_TE),
+        K("transfer-encoding", H_TRANSFER_ENCODING),
+        K("upgrade", H_UPGRADE),
+        K("content-length", H_CONTENT_LENGTH),
+        K("host", H_HOST),
+        K("x-forwarded-for", H_X_FORWARDED_FOR),
+        K("trailer", H_TRAILER),
     };
+#undef K
+    if (name.len < 2 || name.len > 17)
+        return H_OTHER;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-        if (h1_span_eq(m, name, known[i].name))
+        if (known[i].len == name.len && h1_span_ieq(m, name, known[i].name, known[i].len))
             return known[i].kind;
     return H_OTHER;
 }

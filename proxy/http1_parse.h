@@ -93,7 +93,15 @@ static inline const char *h1_str(const h1_msg_t *m, h1_span_t s)
     return m->arena.data + s.off;
 }
 
-/* Case-insensitive compare of a span with a lowercase literal. */
-int h1_span_eq(const h1_msg_t *m, h1_span_t s, const char *lit);
+/* Case-insensitive (ASCII letters) equality of a span with a name of n bytes. */
+int h1_span_ieq(const h1_msg_t *m, h1_span_t s, const char *lc, size_t n);
+
+/* Case-insensitive compare of a span with a literal (inline: a literal's length is
+ * known at compile time, and most spans differ in length). */
+static inline int h1_span_eq(const h1_msg_t *m, h1_span_t s, const char *lit)
+{
+    size_t n = strlen(lit);
+    return s.len == n && h1_span_ieq(m, s, lit, n);
+}
 
 #endif

@@ -29,4 +29,14 @@ static inline void rmr_buf_str(rmr_buf_t *b, const char *s)
     rmr_buf_append(b, s, strlen(s));
 }
 
+/* A string literal, its length known at compile time. */
+#define rmr_buf_lit(b, s) rmr_buf_append((b), "" s, sizeof(s) - 1)
+
+/* v in decimal (at most 20 characters) or lower-case hex (at most 16) at out, not terminated;
+ * returns the length. The request path formats numbers with these, not printf. */
+size_t rmr_fmt_u64(char *out, unsigned long long v);
+size_t rmr_fmt_hex(char *out, unsigned long long v);
+void rmr_buf_u64(rmr_buf_t *b, unsigned long long v);
+void rmr_buf_hex(rmr_buf_t *b, unsigned long long v);
+
 #endif

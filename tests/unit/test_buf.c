@@ -208,6 +208,71 @@ static void test_json_str(void)
     rmr_buf_free(&b);
 }
 
+/* The number formatters of the request path, against printf over edge and random values; and
+ * printf into a buffer whose room is exactly the text, one byte short, and one byte over. */
+static void test_numbers(void)
+{
+    static const unsigned long long edge[] = {0,
+                                              1,
+                                              9,
+                                              10,
+                                              99,
+                                              100,
+                                              4095,
+                                              4096,
+                                              65535,
+                                              1000000,
+                                              4294967295ull,
+                                              4294967296ull,
+                                              18446744073709551615ull};
+    int dec_ok = 1, hex_ok = 1;
+    unsigned long long x = 88172645463325252ull;
+    for (size_t i = 0; i < 200000; i++) {
+        unsigned long long v;
+        if (i < sizeof(edge) / sizeof(edge[0])) {
+            v = edge[i];
+        } else {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            v = x >> (x % 64);
+        }
+        char got[24], want[24];
+        size_t n = rmr_fmt_u64(got, v);
+        int wn = snprintf(want, sizeof(want), "%llu", v);
+        if (n != (size_t)wn || memcmp(got, want, n)) {
+            if (dec_ok)
+                printf("FAIL decimal %llu: got \"%.*s\"\n", v, (int)n, got);
+            dec_ok = 0;
+        }
+        n = rmr_fmt_hex(got, v);
+        wn = snprintf(want, sizeof(want), "%llx", v);
+        if (n != (size_t)wn || memcmp(got, want, n)) {
+            if (hex_ok)
+                printf("FAIL hex %llu: got \"%.*s\"\n", v, (int)n, got);
+            hex_ok = 0;
+        }
+    }
+    CHECK(dec_ok);
+    CHECK(hex_ok);
+    rmr_buf_t b = {0};
+    rmr_buf_lit(&b, "content-length: ");
+    rmr_buf_u64(&b, 1234567);
+    rmr_buf_lit(&b, "; chunk ");
+    rmr_buf_hex(&b, 0xbeef);
+    CHECK_BUF(&b, "content-length: 1234567; chunk beef");
+    rmr_buf_free(&b);
+    for (int extra = -1; extra <= 1; extra++) {
+        rmr_buf_t p = {0};
+        rmr_buf_reserve(&p, 256);
+        p.len = p.cap - (10 + (size_t)(extra + 1)); /* room: 9, 10 or 11 bytes */
+        memset(p.data, 'x', p.len);
+        size_t base = p.len;
+        rmr_buf_printf(&p, "%s-%d", "abcdefgh", 7); /* 10 characters */
+        CHECK(p.len == base + 10 && !memcmp(p.data + base, "abcdefgh-7", 10) &&
+              p.data[base - 1] == 'x');
+        rmr_buf_free(&p);
+    }
+}
+
 static void test_free(void)
 {
     rmr_buf_t b = {0};
@@ -233,6 +298,7 @@ int main(void)
     test_append_growth();
     test_printf_growth();
     test_json_str();
+    test_numbers();
     test_free();
     return check_summary();
 }
