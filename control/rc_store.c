@@ -26,6 +26,7 @@
 
 #include "opentelemetry/proto/collector/trace/v1/trace_service.pb-c.h"
 #include "remora/log.h"
+#include "remora/siphash.h"
 #include "rc_store.h"
 
 typedef Opentelemetry__Proto__Collector__Trace__V1__ExportTraceServiceRequest pb_request_t;
@@ -76,48 +77,9 @@ static uint32_t crc32_ieee(const uint8_t *p, size_t n)
 }
 
 /* SipHash-2-4 of a 16-byte trace id. */
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = ROTL(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = ROTL(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = ROTL(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = ROTL(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = ROTL(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = ROTL(v2, 32);                                                                         \
-    } while (0)
-
 static uint64_t siphash_id(const uint64_t key[2], const uint8_t id[RC_TRACE_ID_LEN])
 {
-    uint64_t v0 = 0x736f6d6570736575ULL ^ key[0], v1 = 0x646f72616e646f6dULL ^ key[1];
-    uint64_t v2 = 0x6c7967656e657261ULL ^ key[0], v3 = 0x7465646279746573ULL ^ key[1];
-    for (int i = 0; i < 2; i++) {
-        uint64_t m;
-        memcpy(&m, id + 8 * i, 8);
-        v3 ^= m;
-        SIPROUND;
-        SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t b = (uint64_t)RC_TRACE_ID_LEN << 56;
-    v3 ^= b;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
+    return rmr_siphash(key, id, RC_TRACE_ID_LEN);
 }
 
 static int all_zero(const uint8_t *p, size_t n)
@@ -897,8 +859,10 @@ static long ingest(rc_store_t *s, const void *buf, size_t len, uint64_t *rejecte
     set_err(err, errlen, "%s", "");
     if (rejected_out)
         *rejected_out = 0;
-    if (!buf && len)
+    if (!buf && len) {
+        set_err(err, errlen, "no body");
         return -1;
+    }
     if (len > RC_LOG_RECORD_MAX) {
         set_err(err, errlen, "body of %zu bytes is over the %u byte limit", len, RC_LOG_RECORD_MAX);
         goto bad;
@@ -1573,7 +1537,9 @@ static int log_open(rc_store_t *s, const char *dir, char *err, size_t errlen)
     s->replaying = 0;
     if (good == 0) {
         struct iovec v = {LOG_MAGIC, LOG_MAGIC_LEN};
-        int ret = ftruncate(fd, 0) < 0 ? -errno : write_full(fd, &v, 1);
+        /* at offset 0: replay read the cut header, and left the offset after it */
+        int ret =
+            ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 ? -errno : write_full(fd, &v, 1);
         if (ret < 0) {
             set_err(err, errlen, "cannot write %s: %s", lg->cur_path, strerror(-ret));
             goto fail;

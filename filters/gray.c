@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "remora/gray.h"
+#include "remora/siphash.h"
 
 /* ---- hashing ---- */
 
@@ -255,41 +256,9 @@ struct rmr_lanes {
 
 /* SipHash-2-4 of a 16-byte trace id under the store's secret key: trace ids come from clients,
  * who must not be able to pick ids that all land in one bucket. */
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = rotl(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = rotl(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = rotl(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = rotl(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = rotl(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = rotl(v2, 32);                                                                         \
-    } while (0)
-
 static uint64_t sip16(const uint64_t k[2], const uint8_t id[16])
 {
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k[0], v1 = 0x646f72616e646f6dULL ^ k[1];
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k[0], v3 = 0x7465646279746573ULL ^ k[1];
-    uint64_t m[3] = {le64(id), le64(id + 8), (uint64_t)16 << 56};
-    for (int i = 0; i < 3; i++) {
-        v3 ^= m[i];
-        SIPROUND;
-        SIPROUND;
-        v0 ^= m[i];
-    }
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
+    return rmr_siphash(k, id, 16);
 }
 
 static int expired(const rmr_lanes_t *s, const struct slot *e, uint64_t now)

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "remora/idem.h"
+#include "remora/siphash.h"
 
 /* Expired keys dropped per call at most: enough to outpace arrivals (one key per begin), small
  * enough that no call holds the lock for long. */
@@ -106,57 +107,6 @@ uint64_t rmr_hash64(uint64_t h, const void *p, size_t n)
         h *= 0x100000001b3ULL;
     }
     return h;
-}
-
-/* SipHash-2-4 with the store's secret key: keys come from clients, who must not be able to pick
- * keys that all land in one bucket. */
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = ROTL(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = ROTL(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = ROTL(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = ROTL(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = ROTL(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = ROTL(v2, 32);                                                                         \
-    } while (0)
-
-static uint64_t siphash(const uint64_t k[2], const void *p, size_t n)
-{
-    const unsigned char *in = p;
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k[0], v1 = 0x646f72616e646f6dULL ^ k[1];
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k[0], v3 = 0x7465646279746573ULL ^ k[1];
-    size_t end = n & ~(size_t)7;
-    for (size_t i = 0; i < end; i += 8) {
-        uint64_t m = 0;
-        for (int j = 0; j < 8; j++)
-            m |= (uint64_t)in[i + j] << (8 * j);
-        v3 ^= m;
-        SIPROUND;
-        SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t b = (uint64_t)n << 56;
-    for (size_t j = 0; j < (n & 7); j++)
-        b |= (uint64_t)in[end + j] << (8 * j);
-    v3 ^= b;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
 }
 
 /* ---- the table ---- */
@@ -355,7 +305,7 @@ rmr_idem_verdict_t rmr_idem_begin(rmr_idem_t *s, const char *key, size_t klen, u
                                   uint64_t now_ms, rmr_idem_entry_t **entry)
 {
     rmr_idem_verdict_t v;
-    uint64_t h = siphash(s->sipkey, key, klen);
+    uint64_t h = rmr_siphash(s->sipkey, key, klen);
     /* Most keys are seen once, so the node is made ready before locking. */
     struct node *fresh = malloc(sizeof(*fresh) + klen + 1), *grave = NULL;
     *entry = NULL;
@@ -444,7 +394,7 @@ void rmr_idem_finish(rmr_idem_t *s, const char *key, size_t klen, uint64_t body_
 {
     rmr_idem_entry_t *e = NULL;
     struct node *grave = NULL;
-    uint64_t h = siphash(s->sipkey, key, klen);
+    uint64_t h = rmr_siphash(s->sipkey, key, klen);
     /* 502, 503 and 504 say the request may not have been processed: a retry must run it. */
     if (status != 502 && status != 503 && status != 504 && headlen <= RMR_IDEM_HEAD_MAX) {
         int kept = body_complete && bodylen <= atomic_load(&s->max_body);
@@ -483,7 +433,7 @@ void rmr_idem_finish(rmr_idem_t *s, const char *key, size_t klen, uint64_t body_
 void rmr_idem_abort(rmr_idem_t *s, const char *key, size_t klen)
 {
     struct node *grave = NULL;
-    uint64_t h = siphash(s->sipkey, key, klen);
+    uint64_t h = rmr_siphash(s->sipkey, key, klen);
     pthread_mutex_lock(&s->mu);
     rehash_step(s);
     sweep(s, s->now, &grave);
