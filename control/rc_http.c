@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <zlib.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -885,6 +886,61 @@ static void route_stats(const req_t *q, rc_store_t *store, resp_t *r)
     set_json(r, q, &b);
 }
 
+/* Inflates a gzip body (one or more members) into out, at most RC_BODY_MAX bytes: a small
+ * body that inflates past that (a compression bomb) is refused, not followed. NULL, or why
+ * the body is refused. */
+static const char *gunzip(const char *in, size_t n, sb_t *out)
+{
+    z_stream z = {0};
+    if (inflateInit2(&z, 15 + 32) != Z_OK) /* 15 + 32: a gzip or zlib header */
+        return "out of memory";
+    const char *why = NULL;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    for (;;) {
+        if (out->len == out->cap) {
+            size_t cap = out->cap ? out->cap * 2 : (n < 4096 ? 16384 : n * 4);
+            if (cap > RC_BODY_MAX)
+                cap = RC_BODY_MAX;
+            if (cap <= out->len) {
+                why = "request body larger than 16 MiB once decompressed";
+                break;
+            }
+            char *p = realloc(out->p, cap);
+            if (!p) {
+                why = "out of memory";
+                break;
+            }
+            out->p = p;
+            out->cap = cap;
+        }
+        z.next_out = (Bytef *)out->p + out->len;
+        z.avail_out = (uInt)(out->cap - out->len);
+        int rc = inflate(&z, Z_NO_FLUSH);
+        out->len = out->cap - z.avail_out;
+        if (rc == Z_STREAM_END) {
+            if (!z.avail_in)
+                break;
+            /* another gzip member follows */
+            if (inflateReset(&z) != Z_OK) {
+                why = "malformed gzip body";
+                break;
+            }
+            continue;
+        }
+        if (rc == Z_BUF_ERROR && !z.avail_in) {
+            why = "truncated gzip body";
+            break;
+        }
+        if (rc != Z_OK && rc != Z_BUF_ERROR) {
+            why = "malformed gzip body";
+            break;
+        }
+    }
+    inflateEnd(&z);
+    return why;
+}
+
 static void route_otlp(conn_t *c, const req_t *q, const char *body, size_t blen, resp_t *r)
 {
     uint64_t rejected = 0;
@@ -1140,9 +1196,10 @@ static void serve_http(conn_t *c)
         } else if (q.has_cl && q.cl > RC_BODY_MAX) {
             st = 413;
             why = "request body larger than 16 MiB";
-        } else if (rt == R_OTLP && q.cenc && strcasecmp(q.cenc, "identity") != 0) {
+        } else if (rt == R_OTLP && q.cenc && strcasecmp(q.cenc, "identity") != 0 &&
+                   strcasecmp(q.cenc, "gzip") != 0) {
             st = 415;
-            why = "Content-Encoding is not supported: send the body uncompressed";
+            why = "Content-Encoding must be gzip or identity";
         } else if (rt == R_OTLP && !is_protobuf(q.ctype)) {
             st = 415;
             why = "Content-Type must be application/x-protobuf (OTLP/HTTP binary protobuf)";
@@ -1211,6 +1268,17 @@ static void serve_http(conn_t *c)
 
         switch (rt) {
         case R_OTLP:
+            if (q.cenc && !strcasecmp(q.cenc, "gzip")) {
+                sb_t plain = {0};
+                const char *bad = gunzip(body ? body : "", blen, &plain);
+                if (bad) {
+                    set_error(&r, &q, strstr(bad, "larger") ? 413 : 400, bad);
+                } else {
+                    route_otlp(c, &q, plain.p ? plain.p : "", plain.len, &r);
+                }
+                free(plain.p);
+                break;
+            }
             route_otlp(c, &q, body ? body : "", blen, &r);
             break;
         case R_LIST:

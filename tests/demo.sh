@@ -23,7 +23,7 @@ die() { printf '\n%sdemo failed:%s %s\n' "$R" "$N" "$*" >&2; exit 1; }
 # ------------------------------------------------------------------ 1. dependencies and build
 step "1. Dependencies and build"
 PKGS="liburing-dev libnghttp2-dev libssl-dev libc-ares-dev libprotobuf-c-dev protobuf-c-compiler
-      libyaml-dev meson ninja-build pkg-config gcc node-llhttp curl python3"
+      libyaml-dev zlib1g-dev meson ninja-build pkg-config gcc node-llhttp curl python3"
 MISSING=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || MISSING="$MISSING $p"
