@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "remora/v1/bootstrap.pb-c.h"
@@ -706,6 +707,30 @@ static int check_mesh(const struct ctx *x, const Mesh *m, bool catch_all_ok)
             strncmp(t->export->otlp_http, "https://", 8))
             return verr(&x->mesh, x->err, "tracing.export.otlp_http",
                         "expected an http:// or https:// URL, got \"%s\"", t->export->otlp_http);
+        if (t->export && t->export->n_headers > 16)
+            return verr(&x->mesh, x->err, "tracing.export.headers", "at most 16 headers, got %zu",
+                        t->export->n_headers);
+        size_t hbytes = 0;
+        for (size_t i = 0; t->export && i < t->export->n_headers; i++) {
+            const Remora__V1__TraceExport__HeadersEntry *h = t->export->headers[i];
+            if (!is_token(h->key))
+                return verr(&x->mesh, x->err, P(p, "tracing.export.headers.%s", h->key),
+                            "not a header name");
+            static const char *const own[] = {"host",       "content-type",      "content-length",
+                                              "connection", "transfer-encoding", "user-agent"};
+            for (size_t k = 0; k < sizeof(own) / sizeof(own[0]); k++)
+                if (!strcasecmp(h->key, own[k]))
+                    return verr(&x->mesh, x->err, P(p, "tracing.export.headers.%s", h->key),
+                                "set by remora itself");
+            for (const char *c = h->value ? h->value : ""; *c; c++)
+                if ((unsigned char)*c < 0x20 && *c != '\t')
+                    return verr(&x->mesh, x->err, P(p, "tracing.export.headers.%s", h->key),
+                                "a control character in the value");
+            hbytes += strlen(h->key) + (h->value ? strlen(h->value) : 0) + 4;
+        }
+        if (hbytes > 4000)
+            return verr(&x->mesh, x->err, "tracing.export.headers",
+                        "more than 4000 bytes of headers");
     }
     return 0;
 }

@@ -113,6 +113,12 @@ static void reload(void)
         RMR_WARN("reload: workers: %u takes effect only at restart", cfg->workers);
     cfg->workers = cur->workers;
     char terr[512];
+    if (trace_exporter_reload(cfg, 0, terr, sizeof(terr)) < 0) {
+        __atomic_add_fetch(&rmr_config_reload_failures, 1, __ATOMIC_RELAXED);
+        RMR_ERR("reload refused, keeping the running config: %s", terr);
+        rmr_config_unref(cfg);
+        return;
+    }
     if (rmr_tls_reload(cfg, 1, terr, sizeof(terr)) < 0) {
         __atomic_add_fetch(&rmr_config_reload_failures, 1, __ATOMIC_RELAXED);
         RMR_ERR("reload refused, keeping the running config: %s", terr);
@@ -120,6 +126,8 @@ static void reload(void)
         return;
     }
     rmr_tls_identities(cfg);
+    if (trace_exporter_reload(cfg, 1, terr, sizeof(terr)) < 0)
+        RMR_ERR("reload: %s; spans are exported as before", terr);
     /* SIGHUP reopens the access log too (rotation); a log that cannot be opened keeps the
      * old one */
     if (alog_reopen(cfg->access_log, terr, sizeof(terr)) < 0)

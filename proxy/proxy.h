@@ -235,6 +235,10 @@ rmr_lanes_t *gray_lanes_store(void); /* the lane memory, NULL before the first v
  * the exporter (a thread of its own) starts before the workers serve and stops after them. */
 void trace_view_setup(view_t *v);
 int trace_exporter_start(const rmr_config_t *cfg, char *err, size_t errlen);
+/* A reload: with apply 0, checks cfg's export target (-1 with err when it is unusable, and the
+ * reload is refused); with apply 1, hands it to the exporter (or starts the exporter) without a
+ * restart. */
+int trace_exporter_reload(const rmr_config_t *cfg, int apply, char *err, size_t errlen);
 void trace_exporter_stop(void);
 void trace_render_prometheus(rmr_buf_t *b);
 

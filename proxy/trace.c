@@ -24,6 +24,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,14 +87,27 @@ typedef struct abuf {
 
 uint64_t rmr_spans_exported, rmr_spans_dropped, rmr_spans_failed, rmr_span_batches_failed;
 
+/* Where spans go and what they say of this sidecar; a reload hands a new one to the exporter. */
+typedef struct ex_target {
+    int on;  /* 0: nowhere (spans are dropped, counted) */
+    int tls; /* https: the collector's certificate is verified against the system's trust
+                store (or SSL_CERT_FILE / SSL_CERT_DIR), and its name against the URL's host */
+    char host[256], port[8], path[512];
+    char service[128], node[128], version[64];
+    char headers[4096]; /* tracing.export.headers as "name: value\r\n" lines */
+} ex_target_t;
+
 static struct {
     pthread_t thread;
     int running, stop;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    char host[256], port[8], path[512];
-    char service[128], node[128], version[64];
+    ex_target_t t;    /* the exporter thread's own */
+    ex_target_t next; /* set by a reload under lock, taken by the exporter at its next wake */
+    int retarget;
     int fd;
+    SSL_CTX *ctx; /* for https targets, made at the first one */
+    SSL *ssl;     /* on fd, when the target is https */
 } ex = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .fd = -1};
 
 /* ---- ids and header values ---- */
@@ -124,6 +140,14 @@ static int unhex(const char *s, size_t n, uint8_t *out)
         out[i / 2] = (uint8_t)v;
     }
     return 0;
+}
+
+/* Copies s (NULL: "") into out of size cap, cut to fit, always terminated. */
+static void copy_str(char *out, size_t cap, const char *s)
+{
+    size_t n = s ? strnlen(s, cap - 1) : 0;
+    memcpy(out, s ? s : "", n);
+    out[n] = 0;
 }
 
 static int zero(const uint8_t *b, size_t n)
@@ -283,13 +307,17 @@ void trace_request(conn_t *d)
     st->trace_start_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     st->trace_live = 1;
     /* what goes upstream: this hop's span as the parent */
-    char tid[33], sid[17], val[64];
+    char tid[33], sid[17], val[56];
     hex(tid, st->trace_id, 16);
     hex(sid, st->span_id, 8);
     drop_hdr(m, "traceparent");
-    if (v->trace_w3c) {
-        int n = snprintf(val, sizeof(val), "00-%s-%s-%s", tid, sid, sampled ? "01" : "00");
-        msg_add_own(m, "traceparent", val, (size_t)n);
+    if (v->trace_w3c) { /* 00-{32 hex}-{16 hex}-{flags} */
+        memcpy(val, "00-", 3);
+        memcpy(val + 3, tid, 32);
+        val[35] = '-';
+        memcpy(val + 36, sid, 16);
+        memcpy(val + 52, sampled ? "-01" : "-00", 3);
+        msg_add_own(m, "traceparent", val, 55);
     }
     if (v->trace_b3) {
         drop_hdr(m, "b3");
@@ -341,52 +369,50 @@ void trace_attempt(stream_t *st, const char *reason)
     clock_gettime(CLOCK_REALTIME, &ts);
     e->t_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     e->attempt = st->attempt;
-    snprintf(e->reason, sizeof(e->reason), "%s", reason ? reason : "");
-    snprintf(e->endpoint, sizeof(e->endpoint), "%s", st->ep ? st->ep->conf->addr.text : "");
+    copy_str(e->reason, sizeof(e->reason), reason);
+    copy_str(e->endpoint, sizeof(e->endpoint), st->ep ? st->ep->conf->addr.text : NULL);
 }
 
-static void attr(abuf_t *b, const char *key, const char *v, size_t n)
+/* An attribute, as the record keeps it: {type: 1 string, 2 bool, 3 int}{key length: 1 byte}
+ * {key}{value length: 2 bytes}{value, an int in decimal}. Keys are literals, their lengths
+ * known at compile time: neither the request path nor the exporter measures a string. */
+static void attr_k(abuf_t *b, uint8_t type, const char *key, size_t kl, const char *v, size_t n)
 {
     if (!v || !n)
         return;
     span_rec_t *r = b->r;
-    size_t kl = strlen(key) + 1;
-    if (r->alen + kl + n + 1 > SPAN_ATTRS_MAX) {
+    if (r->alen + kl + n + 4 > SPAN_ATTRS_MAX) {
         r->dropped_attrs++;
         return;
     }
-    memcpy(r->attrs + r->alen, key, kl);
-    memcpy(r->attrs + r->alen + kl, v, n);
-    r->attrs[r->alen + kl + n] = 0;
-    r->alen += (uint32_t)(kl + n + 1);
+    char *o = r->attrs + r->alen;
+    o[0] = (char)type;
+    o[1] = (char)kl;
+    memcpy(o + 2, key, kl);
+    o[2 + kl] = (char)(n & 0xff);
+    o[3 + kl] = (char)(n >> 8);
+    memcpy(o + 4 + kl, v, n);
+    r->alen += (uint32_t)(kl + n + 4);
 }
 
-static void attr_s(abuf_t *b, const char *key, const char *v)
-{
-    if (v)
-        attr(b, key, v, strlen(v));
-}
-
-static void attr_i(abuf_t *b, const char *key, long long v)
-{
-    char n[24];
-    int k = snprintf(n, sizeof(n), "%lld", v);
-    char mk[64];
-    snprintf(mk, sizeof(mk), "#%s", key);
-    attr(b, mk, n, (size_t)k);
-}
-
-static void attr_b(abuf_t *b, const char *key)
-{
-    char mk[64];
-    snprintf(mk, sizeof(mk), "?%s", key);
-    attr(b, mk, "true", 4);
-}
+#define attr(b, key, v, n) attr_k((b), 1, key, sizeof(key) - 1, (v), (n))
+#define attr_s(b, key, v)                                                                          \
+    do {                                                                                           \
+        const char *v_ = (v);                                                                      \
+        if (v_)                                                                                    \
+            attr_k((b), 1, key, sizeof(key) - 1, v_, strlen(v_));                                  \
+    } while (0)
+#define attr_i(b, key, v)                                                                          \
+    do {                                                                                           \
+        char n_[20];                                                                               \
+        attr_k((b), 3, key, sizeof(key) - 1, n_, rmr_fmt_u64(n_, (v)));                            \
+    } while (0)
+#define attr_b(b, key) attr_k((b), 2, key, sizeof(key) - 1, "true", 4)
 
 /* The next free record of w's ring, or NULL when it is full (or there is no exporter). */
 static span_rec_t *spanq_reserve(worker_t *w)
 {
-    struct span_q *q = w->spanq;
+    struct span_q *q = __atomic_load_n(&w->spanq, __ATOMIC_ACQUIRE); /* set once, by a reload */
     if (!q)
         return NULL;
     uint32_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
@@ -410,7 +436,7 @@ void trace_finish(conn_t *d, stream_t *st)
         return;
     st->trace_live = 0;
     int error = st->status >= 500 || st->status == 0;
-    if (!(st->trace_sampled || error) || !ex.running) {
+    if (!(st->trace_sampled || error) || !__atomic_load_n(&ex.running, __ATOMIC_ACQUIRE)) {
         free(st->trace_ev);
         st->trace_ev = NULL;
         return;
@@ -493,10 +519,20 @@ void trace_finish(conn_t *d, stream_t *st)
     r->start_ns = st->trace_start_ns;
     trace_end(st); /* when the response did not complete: now */
     r->end_ns = st->trace_end_ns;
-    snprintf(r->name, sizeof(r->name), "%s %.*s", st->method, (int)(pn > 100 ? 100 : pn), path);
+    {
+        size_t ml = strnlen(st->method, sizeof(st->method) - 1);
+        size_t room = sizeof(r->name) - 1 - ml - 1;
+        size_t cp = pn > 100 ? 100 : pn;
+        if (cp > room)
+            cp = room;
+        memcpy(r->name, st->method, ml);
+        r->name[ml] = ' ';
+        memcpy(r->name + ml + 1, path, cp);
+        r->name[ml + 1 + cp] = 0;
+    }
     r->status_msg[0] = 0;
     if (error)
-        snprintf(r->status_msg, sizeof(r->status_msg), "%s",
+        copy_str(r->status_msg, sizeof(r->status_msg),
                  st->reason   ? st->reason
                  : st->status ? "upstream 5xx"
                               : "no response");
@@ -524,12 +560,10 @@ typedef struct pb {
     int oom;
 } pb_t;
 
-static int pb_room(pb_t *b, size_t n)
+static int pb_grow(pb_t *b, size_t n)
 {
     if (b->oom)
         return -1;
-    if (b->len + n <= b->cap)
-        return 0;
     size_t cap = b->cap ? b->cap : 65536;
     while (cap < b->len + n)
         cap *= 2;
@@ -543,6 +577,12 @@ static int pb_room(pb_t *b, size_t n)
     return 0;
 }
 
+/* Room for n more bytes: the common case inline, growth out of line. */
+static inline int pb_room(pb_t *b, size_t n)
+{
+    return __builtin_expect(b->len + n <= b->cap && !b->oom, 1) ? 0 : pb_grow(b, n);
+}
+
 static size_t varint_len(uint64_t v)
 {
     size_t n = 1;
@@ -550,6 +590,17 @@ static size_t varint_len(uint64_t v)
         v >>= 7;
         n++;
     }
+    return n;
+}
+
+static size_t put_varint(uint8_t *o, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        o[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    o[n++] = (uint8_t)v;
     return n;
 }
 
@@ -625,49 +676,94 @@ static void pb_end(pb_t *b, size_t start)
     *q = (uint8_t)v;
 }
 
-/* KeyValue {1 key, 2 AnyValue {1 string | 2 bool | 3 int}}; the key's mark picks the type. */
-static void pb_kv(pb_t *b, unsigned field, const char *k, const char *v)
+/* A nested message expected to be 128 bytes to 16 KiB long, as spans are: a two-byte length
+ * placeholder, so it moves only when it turns out shorter or longer. */
+static size_t pb_begin2(pb_t *b, unsigned field)
 {
-    size_t kv = pb_begin(b, field);
-    int type = k[0] == '#' ? 3 : k[0] == '?' ? 2 : 1;
-    pb_str(b, 1, type == 1 ? k : k + 1);
-    size_t av = pb_begin(b, 2);
-    if (type == 3) {
-        pb_tag(b, 3, 0);
-        pb_varint(b, (uint64_t)strtoll(v, NULL, 10));
-    } else if (type == 2) {
-        pb_tag(b, 2, 0);
-        pb_varint(b, !strcmp(v, "true"));
-    } else {
-        pb_bytes(b, 1, v, strlen(v));
-    }
-    pb_end(b, av);
-    pb_end(b, kv);
+    pb_tag(b, field, 2);
+    if (pb_room(b, 2) < 0)
+        return 0;
+    b->len += 2;
+    return b->len;
 }
 
-static pb_t ex_pb; /* the exporter's output buffer, kept from batch to batch */
+static void pb_end2(pb_t *b, size_t start)
+{
+    if (b->oom)
+        return;
+    size_t n = b->len - start, vl = varint_len(n);
+    if (vl != 2) {
+        if (vl > 2 && pb_room(b, vl - 2) < 0)
+            return;
+        memmove(b->p + start - 2 + vl, b->p + start, n);
+        b->len = b->len + vl - 2;
+    }
+    put_varint(b->p + start - 2, n);
+}
 
-/* Encodes recs[0..n) as an ExportTraceServiceRequest into ex_pb; -1 on no memory. */
-static int encode(span_rec_t **recs, size_t n)
+/* KeyValue {1 key, 2 AnyValue {1 string | 2 bool | 3 int}}, its lengths computed up front:
+ * type 1 string, 2 bool ("true" or not), 3 int (decimal). */
+static void pb_kv_n(pb_t *b, unsigned field, int type, const char *k, size_t kl, const char *v,
+                    size_t vl)
+{
+    uint64_t iv = 0;
+    size_t any; /* AnyValue's length */
+    if (type == 3) {
+        int neg = vl && v[0] == '-';
+        for (size_t i = (size_t)neg; i < vl && v[i] >= '0' && v[i] <= '9'; i++)
+            iv = iv * 10 + (uint64_t)(v[i] - '0');
+        if (neg)
+            iv = (uint64_t) - (int64_t)iv;
+        any = 1 + varint_len(iv);
+    } else if (type == 2) {
+        iv = vl == 4 && !memcmp(v, "true", 4);
+        any = 2;
+    } else {
+        any = 1 + varint_len(vl) + vl;
+    }
+    size_t body = 1 + varint_len(kl) + kl + 1 + varint_len(any) + any;
+    pb_tag(b, field, 2);
+    pb_varint(b, body);
+    pb_bytes(b, 1, k, kl);
+    pb_tag(b, 2, 2);
+    pb_varint(b, any);
+    if (type == 1) {
+        pb_bytes(b, 1, v, vl);
+    } else {
+        pb_tag(b, (unsigned)type, 0);
+        pb_varint(b, iv);
+    }
+}
+
+/* The same from C strings, the key marked "#" for an int or "?" for a bool. */
+static void pb_kv(pb_t *b, unsigned field, const char *k, const char *v)
+{
+    int type = k[0] == '#' ? 3 : k[0] == '?' ? 2 : 1;
+    if (type != 1)
+        k++;
+    pb_kv_n(b, field, type, k, strlen(k), v, strlen(v));
+}
+
+static pb_t ex_pb;   /* the exporter's output buffer, kept from batch to batch */
+static pb_t ex_head; /* the messages around the spans, written once the spans' length is known */
+
+#define EX_HEADROOM 1024 /* room before the spans for what encloses them */
+
+/* Encodes recs[0..n) as an ExportTraceServiceRequest into ex_pb, from ex_pb.p + *at; -1 on no
+ * memory. The spans are written first, after some headroom; then the ResourceSpans and
+ * ScopeSpans around them are written with their lengths known, right before them, so the batch
+ * is never moved to widen a length. */
+static int encode(span_rec_t **recs, size_t n, size_t *at)
 {
     pb_t *b = &ex_pb;
     b->len = 0;
     b->oom = 0;
-    size_t rs = pb_begin(b, 1);  /* ResourceSpans */
-    size_t res = pb_begin(b, 1); /* Resource */
-    pb_kv(b, 1, "service.name", ex.service);
-    pb_kv(b, 1, "service.instance.id", ex.node);
-    if (ex.version[0])
-        pb_kv(b, 1, "service.version", ex.version);
-    pb_end(b, res);
-    size_t ss = pb_begin(b, 2); /* ScopeSpans */
-    size_t sc = pb_begin(b, 1); /* InstrumentationScope */
-    pb_str(b, 1, "remora");
-    pb_str(b, 2, REMORA_VERSION);
-    pb_end(b, sc);
+    if (pb_room(b, EX_HEADROOM) < 0)
+        return -1;
+    b->len = EX_HEADROOM;
     for (size_t i = 0; i < n; i++) {
         const span_rec_t *r = recs[i];
-        size_t sp = pb_begin(b, 2); /* Span */
+        size_t sp = pb_begin2(b, 2); /* Span */
         pb_bytes(b, 1, r->trace_id, 16);
         pb_bytes(b, 2, r->span_id, 8);
         if (r->has_parent)
@@ -677,12 +773,12 @@ static int encode(span_rec_t **recs, size_t n)
         pb_varint(b, r->kind); /* 2 SERVER, 3 CLIENT */
         pb_fixed(b, 7, r->start_ns, 8);
         pb_fixed(b, 8, r->end_ns, 8);
-        for (size_t off = 0; off < r->alen;) {
-            const char *k = r->attrs + off;
-            off += strlen(k) + 1;
-            const char *v = r->attrs + off;
-            off += strlen(v) + 1;
-            pb_kv(b, 9, k, v);
+        for (size_t off = 0; off + 4 <= r->alen;) {
+            const char *a = r->attrs + off;
+            size_t kl = (uint8_t)a[1];
+            size_t vl = (uint8_t)a[2 + kl] | (size_t)(uint8_t)a[3 + kl] << 8;
+            pb_kv_n(b, 9, (uint8_t)a[0], a + 2, kl, a + 4 + kl, vl);
+            off += 4 + kl + vl;
         }
         if (r->dropped_attrs) {
             pb_tag(b, 10, 0);
@@ -691,10 +787,9 @@ static int encode(span_rec_t **recs, size_t n)
         for (uint32_t k = 0; k < r->n_ev; k++) {
             size_t ev = pb_begin(b, 11); /* Span.Event */
             pb_fixed(b, 1, r->ev[k].t_ns, 8);
-            pb_str(b, 2, "retry");
-            char num[16];
-            snprintf(num, sizeof(num), "%u", r->ev[k].attempt);
-            pb_kv(b, 3, "#remora.attempt", num);
+            pb_bytes(b, 2, "retry", 5);
+            char num[20];
+            pb_kv_n(b, 3, 3, "remora.attempt", 14, num, rmr_fmt_u64(num, r->ev[k].attempt));
             pb_kv(b, 3, "remora.retry_reason", r->ev[k].reason);
             pb_kv(b, 3, "remora.upstream", r->ev[k].endpoint);
             pb_end(b, ev);
@@ -707,11 +802,46 @@ static int encode(span_rec_t **recs, size_t n)
         }
         pb_end(b, st);
         pb_fixed(b, 16, 0x100u | r->flags, 4); /* the sampled flag; "is remote" known */
-        pb_end(b, sp);
+        pb_end2(b, sp);
     }
-    pb_end(b, ss);
-    pb_end(b, rs);
-    return b->oom ? -1 : 0;
+    if (b->oom)
+        return -1;
+    size_t spans = b->len - EX_HEADROOM;
+    /* ScopeSpans {1 InstrumentationScope, 2 Span...}: the scope, then its length to come */
+    pb_t *h = &ex_head;
+    h->len = 0;
+    h->oom = 0;
+    size_t sc = pb_begin(h, 1);
+    pb_str(h, 1, "remora");
+    pb_str(h, 2, REMORA_VERSION);
+    pb_end(h, sc);
+    size_t scope_len = h->len;
+    /* ResourceSpans {1 Resource, 2 ScopeSpans} */
+    size_t res_at = h->len;
+    size_t res = pb_begin(h, 1);
+    pb_kv(h, 1, "service.name", ex.t.service);
+    pb_kv(h, 1, "service.instance.id", ex.t.node);
+    if (ex.t.version[0])
+        pb_kv(h, 1, "service.version", ex.t.version);
+    pb_end(h, res);
+    size_t res_len = h->len - res_at;
+    size_t ss_len = scope_len + spans;
+    size_t rs_len = res_len + 1 + varint_len(ss_len) + ss_len;
+    size_t head = 1 + varint_len(rs_len) + res_len + 1 + varint_len(ss_len) + scope_len;
+    if (h->oom || head > EX_HEADROOM)
+        return -1;
+    /* ExportTraceServiceRequest {1 ResourceSpans}: tag, length, resource, ScopeSpans' tag and
+     * length, scope; then the spans already in place */
+    uint8_t *o = b->p + EX_HEADROOM - head;
+    *o++ = 1 << 3 | 2;
+    o += put_varint(o, rs_len);
+    memcpy(o, h->p + res_at, res_len);
+    o += res_len;
+    *o++ = 2 << 3 | 2;
+    o += put_varint(o, ss_len);
+    memcpy(o, h->p, scope_len);
+    *at = EX_HEADROOM - head;
+    return 0;
 }
 
 static int wait_fd(int fd, short ev, int ms)
@@ -724,36 +854,120 @@ static int wait_fd(int fd, short ev, int ms)
     return r > 0 ? 0 : -1;
 }
 
+/* Why the last export failed, for the log line that says it did (the exporter thread's). */
+static char ex_why[320];
+
 static int ex_connect(void)
 {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-    if (getaddrinfo(ex.host, ex.port, &hints, &ai) != 0 || !ai)
+    int g = getaddrinfo(ex.t.host, ex.t.port, &hints, &ai);
+    if (g != 0 || !ai) {
+        snprintf(ex_why, sizeof(ex_why), "cannot resolve %s: %s", ex.t.host,
+                 g ? gai_strerror(g) : "no address");
         return -1;
+    }
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd >= 0) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        int err = 0;
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 &&
             (errno != EINPROGRESS || wait_fd(fd, POLLOUT, EXPORT_TIMEOUT_MS) < 0)) {
-            close(fd);
-            fd = -1;
+            err = errno == EINPROGRESS ? ETIMEDOUT : errno;
         } else {
-            int err = 0;
             socklen_t el = sizeof(err);
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
-            if (err) {
-                close(fd);
-                fd = -1;
-            }
         }
+        if (err) {
+            snprintf(ex_why, sizeof(ex_why), "connect: %s", strerror(err));
+            close(fd);
+            fd = -1;
+        }
+    } else {
+        snprintf(ex_why, sizeof(ex_why), "socket: %s", strerror(errno));
     }
     freeaddrinfo(ai);
     return fd;
 }
 
+static void ex_close(void)
+{
+    if (ex.ssl) {
+        SSL_free(ex.ssl);
+        ex.ssl = NULL;
+    }
+    if (ex.fd >= 0)
+        close(ex.fd);
+    ex.fd = -1;
+}
+
+/* Waits for what OpenSSL asked for after a call that returned rc; -1 on an error or timeout. */
+static int ssl_wait(int rc)
+{
+    int e = SSL_get_error(ex.ssl, rc);
+    if (e == SSL_ERROR_WANT_READ)
+        return wait_fd(ex.fd, POLLIN, EXPORT_TIMEOUT_MS);
+    if (e == SSL_ERROR_WANT_WRITE)
+        return wait_fd(ex.fd, POLLOUT, EXPORT_TIMEOUT_MS);
+    return -1;
+}
+
+/* TLS on the connected ex.fd, the peer verified as the target's host; 0 or -1 (logged once
+ * per failing stretch by the caller's "export failed" line, with the reason here at debug). */
+static int ex_tls_start(void)
+{
+    if (!ex.ctx) {
+        ex.ctx = SSL_CTX_new(TLS_client_method());
+        if (!ex.ctx)
+            return -1;
+        SSL_CTX_set_min_proto_version(ex.ctx, TLS1_2_VERSION);
+        SSL_CTX_set_default_verify_paths(ex.ctx);
+        SSL_CTX_set_verify(ex.ctx, SSL_VERIFY_PEER, NULL);
+    }
+    ex.ssl = SSL_new(ex.ctx);
+    if (!ex.ssl)
+        return -1;
+    SSL_set_fd(ex.ssl, ex.fd);
+    struct in6_addr a6;
+    struct in_addr a4;
+    int is_ip = inet_pton(AF_INET, ex.t.host, &a4) == 1 || inet_pton(AF_INET6, ex.t.host, &a6) == 1;
+    if (is_ip) {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ex.ssl), ex.t.host);
+    } else {
+        SSL_set_tlsext_host_name(ex.ssl, ex.t.host);
+        SSL_set1_host(ex.ssl, ex.t.host);
+    }
+    for (;;) {
+        int rc = SSL_connect(ex.ssl);
+        if (rc == 1)
+            return 0;
+        if (ssl_wait(rc) < 0) {
+            long v = SSL_get_verify_result(ex.ssl);
+            unsigned long e = ERR_peek_last_error();
+            snprintf(ex_why, sizeof(ex_why), "TLS: %s",
+                     v != X509_V_OK ? X509_verify_cert_error_string(v)
+                     : e            ? ERR_reason_error_string(e)
+                                    : "handshake failed");
+            ERR_clear_error();
+            return -1;
+        }
+    }
+}
+
 static int ex_send_all(int fd, const void *p, size_t n)
 {
     const char *c = p;
+    while (n && ex.ssl) {
+        size_t w = 0;
+        int rc = SSL_write_ex(ex.ssl, c, n, &w);
+        if (rc <= 0) {
+            if (ssl_wait(rc) < 0)
+                return -1;
+            continue;
+        }
+        c += w;
+        n -= w;
+    }
     while (n) {
         ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
         if (k < 0 && errno == EAGAIN) {
@@ -771,6 +985,25 @@ static int ex_send_all(int fd, const void *p, size_t n)
     return 0;
 }
 
+/* Reads what is there (waiting up to the export timeout for something): bytes read, or -1. */
+static ssize_t ex_recv(void *buf, size_t n)
+{
+    if (!ex.ssl) {
+        if (wait_fd(ex.fd, POLLIN, EXPORT_TIMEOUT_MS) < 0)
+            return -1;
+        ssize_t k = recv(ex.fd, buf, n, 0);
+        return k > 0 ? k : -1;
+    }
+    for (;;) {
+        size_t got = 0;
+        int rc = SSL_read_ex(ex.ssl, buf, n, &got);
+        if (rc == 1)
+            return (ssize_t)got;
+        if (ssl_wait(rc) < 0)
+            return -1;
+    }
+}
+
 /* POSTs body; 0 when the collector answered 2xx. Keeps the connection when it can. */
 static int ex_post(const uint8_t *body, size_t len)
 {
@@ -778,51 +1011,56 @@ static int ex_post(const uint8_t *body, size_t len)
         int fresh = ex.fd < 0;
         if (ex.fd < 0 && (ex.fd = ex_connect()) < 0)
             return -1;
-        char head[1024];
+        if (fresh && ex.t.tls && ex_tls_start() < 0) {
+            ex_close();
+            return -1;
+        }
+        char head[1024 + sizeof(ex.t.headers)];
         int hn = snprintf(head, sizeof(head),
                           "POST %s HTTP/1.1\r\nhost: %s:%s\r\ncontent-type: "
                           "application/x-protobuf\r\ncontent-length: %zu\r\nuser-agent: remora/%s"
-                          "\r\n\r\n",
-                          ex.path, ex.host, ex.port, len, REMORA_VERSION);
+                          "\r\n%s\r\n",
+                          ex.t.path, ex.t.host, ex.t.port, len, REMORA_VERSION, ex.t.headers);
+        if (hn < 0 || (size_t)hn >= sizeof(head))
+            return -1;
         char resp[4096];
         size_t got = 0;
         int status = -1;
+        snprintf(ex_why, sizeof(ex_why), "the connection failed while sending");
         if (ex_send_all(ex.fd, head, (size_t)hn) == 0 && ex_send_all(ex.fd, body, len) == 0) {
             /* the head, then the body by content-length (a small protobuf) */
             char *end = NULL;
             while (!end && got < sizeof(resp) - 1) {
-                if (wait_fd(ex.fd, POLLIN, EXPORT_TIMEOUT_MS) < 0)
-                    break;
-                ssize_t k = recv(ex.fd, resp + got, sizeof(resp) - 1 - got, 0);
+                ssize_t k = ex_recv(resp + got, sizeof(resp) - 1 - got);
                 if (k <= 0)
                     break;
                 got += (size_t)k;
                 resp[got] = 0;
                 end = strstr(resp, "\r\n\r\n");
             }
+            if (!end)
+                snprintf(ex_why, sizeof(ex_why), "no HTTP response");
             if (end && sscanf(resp, "HTTP/1.%*d %d", &status) == 1) {
                 size_t cl = 0;
                 const char *c = strcasestr(resp, "\r\ncontent-length:");
                 if (c)
                     cl = strtoul(c + 17, NULL, 10);
                 size_t have = got - (size_t)(end + 4 - resp);
+                int close_it = strcasestr(resp, "\r\nconnection: close") != NULL;
                 while (have < cl) {
-                    if (wait_fd(ex.fd, POLLIN, EXPORT_TIMEOUT_MS) < 0)
-                        break;
-                    ssize_t k = recv(ex.fd, resp, sizeof(resp), 0);
+                    ssize_t k = ex_recv(resp, sizeof(resp));
                     if (k <= 0)
                         break;
                     have += (size_t)k;
                 }
-                if (have < cl || strcasestr(resp, "\r\nconnection: close")) {
-                    close(ex.fd);
-                    ex.fd = -1;
-                }
+                if (have < cl || close_it)
+                    ex_close();
+                if (status < 200 || status >= 300)
+                    snprintf(ex_why, sizeof(ex_why), "the collector answered %d", status);
                 return status >= 200 && status < 300 ? 0 : -1;
             }
         }
-        close(ex.fd);
-        ex.fd = -1;
+        ex_close();
         if (fresh)
             return -1; /* a new connection failed: no second pass */
     }
@@ -882,29 +1120,42 @@ static void *exporter_main(void *arg)
             pthread_cond_timedwait(&ex.cond, &ex.lock, &ts);
         }
         int stop = ex.stop;
+        if (ex.retarget) {
+            ex.t = ex.next;
+            ex.retarget = 0;
+            ex_close();
+            failing = 0;
+        }
         pthread_mutex_unlock(&ex.lock);
         size_t n;
         while ((n = drain(batch, EXPORT_BATCH_MAX)) > 0) {
-            int enc = encode(batch, n);
-            release(); /* encoded (or lost to no memory): the workers may reuse the records */
+            size_t off = 0;
+            int enc = encode(batch, n, &off);
+            release();      /* encoded (or lost to no memory): the workers may reuse the records */
+            if (!ex.t.on) { /* tracing on, export nowhere: counted as dropped */
+                __atomic_add_fetch(&rmr_spans_dropped, n, __ATOMIC_RELAXED);
+                if (n < EXPORT_BATCH_MAX)
+                    break;
+                continue;
+            }
             int ok = -1;
             for (int k = 0; enc == 0 && k < (stop ? 1 : EXPORT_RETRIES) && ok < 0; k++) {
                 if (k)
                     usleep(200000u << (k - 1)); /* 200, 400 ms */
-                ok = ex_post(ex_pb.p, ex_pb.len);
+                ok = ex_post(ex_pb.p + off, ex_pb.len - off);
             }
             if (ok == 0) {
                 __atomic_add_fetch(&rmr_spans_exported, n, __ATOMIC_RELAXED);
                 if (failing)
-                    RMR_INFO("trace export to %s:%s works again", ex.host, ex.port);
+                    RMR_INFO("trace export to %s:%s works again", ex.t.host, ex.t.port);
                 failing = 0;
             } else {
                 __atomic_add_fetch(&rmr_spans_failed, n, __ATOMIC_RELAXED);
                 __atomic_add_fetch(&rmr_span_batches_failed, 1, __ATOMIC_RELAXED);
                 if (!failing)
-                    RMR_WARN("trace export to %s:%s%s failed: %zu spans dropped (counted; "
+                    RMR_WARN("trace export to %s:%s%s failed (%s): %zu spans dropped (counted; "
                              "requests are not affected)",
-                             ex.host, ex.port, ex.path, n);
+                             ex.t.host, ex.t.port, ex.t.path, ex_why[0] ? ex_why : "unknown", n);
                 failing = 1;
             }
             if (n < EXPORT_BATCH_MAX)
@@ -916,18 +1167,22 @@ static void *exporter_main(void *arg)
     free(batch);
     free(ex_pb.p);
     ex_pb = (pb_t){0};
-    if (ex.fd >= 0)
-        close(ex.fd);
-    ex.fd = -1;
+    free(ex_head.p);
+    ex_head = (pb_t){0};
+    ex_close();
+    SSL_CTX_free(ex.ctx);
+    ex.ctx = NULL;
     return NULL;
 }
 
-/* "http://host:port/path" -> ex.host/port/path; -1 when not that form. */
-static int parse_url(const char *url)
+/* "http[s]://host[:port][/path]" -> t's host, port, path and tls; -1 when not that form. */
+static int parse_url(const char *url, ex_target_t *t)
 {
-    if (strncmp(url, "http://", 7))
+    if (!strncmp(url, "https://", 8))
+        t->tls = 1;
+    else if (strncmp(url, "http://", 7))
         return -1;
-    const char *h = url + 7, *slash = strchr(h, '/');
+    const char *h = url + (t->tls ? 8 : 7), *slash = strchr(h, '/');
     size_t hl = slash ? (size_t)(slash - h) : strlen(h);
     const char *colon = NULL;
     if (h[0] == '[') {
@@ -935,25 +1190,28 @@ static int parse_url(const char *url)
         if (!rb)
             return -1;
         colon = rb + 1 < h + hl && rb[1] == ':' ? rb + 1 : NULL;
-        snprintf(ex.host, sizeof(ex.host), "%.*s", (int)(rb - h - 1), h + 1);
+        snprintf(t->host, sizeof(t->host), "%.*s", (int)(rb - h - 1), h + 1);
     } else {
         colon = memchr(h, ':', hl);
-        snprintf(ex.host, sizeof(ex.host), "%.*s", (int)((colon ? colon : h + hl) - h), h);
+        snprintf(t->host, sizeof(t->host), "%.*s", (int)((colon ? colon : h + hl) - h), h);
     }
     if (colon)
-        snprintf(ex.port, sizeof(ex.port), "%.*s", (int)(h + hl - colon - 1), colon + 1);
+        snprintf(t->port, sizeof(t->port), "%.*s", (int)(h + hl - colon - 1), colon + 1);
     else
-        snprintf(ex.port, sizeof(ex.port), "80");
-    snprintf(ex.path, sizeof(ex.path), "%s", slash ? slash : "/v1/traces");
-    return ex.host[0] && atoi(ex.port) > 0 ? 0 : -1;
+        snprintf(t->port, sizeof(t->port), "%s", t->tls ? "443" : "80");
+    snprintf(t->path, sizeof(t->path), "%s", slash ? slash : "/v1/traces");
+    return t->host[0] && atoi(t->port) > 0 ? 0 : -1;
 }
 
-int trace_exporter_start(const rmr_config_t *cfg, char *err, size_t errlen)
+/* cfg's export target: 1 with *t filled, 0 when cfg exports nowhere (no tracing block, or no
+ * export and no control plane), -1 with err when its URL is not one we can use. */
+static int target_of(const rmr_config_t *cfg, ex_target_t *t, char *err, size_t errlen)
 {
     const Remora__V1__Mesh *mesh = cfg->mesh_pb;
     const Remora__V1__Bootstrap *boot = cfg->boot_pb;
+    memset(t, 0, sizeof(*t));
     if (!mesh || !mesh->tracing)
-        return 0; /* no tracing block: propagation only */
+        return 0;
     const char *url = mesh->tracing->export && mesh->tracing->export->otlp_http &&
                               mesh->tracing->export->otlp_http[0]
                           ? mesh->tracing->export->otlp_http
@@ -963,34 +1221,96 @@ int trace_exporter_start(const rmr_config_t *cfg, char *err, size_t errlen)
         snprintf(buf, sizeof(buf), "http://%s/v1/traces", boot->control);
         url = buf;
     }
-    if (!url) {
-        RMR_INFO("tracing: no export and no control plane: trace context is propagated, spans "
-                 "are not exported");
+    if (!url)
         return 0;
-    }
-    if (parse_url(url) < 0) {
-        snprintf(err, errlen, "tracing.export.otlp_http: \"%s\" is not http://host:port/path", url);
+    if (parse_url(url, t) < 0) {
+        snprintf(err, errlen,
+                 "tracing.export.otlp_http: \"%s\" is not http[s]://host[:port][/path]", url);
         return -1;
     }
-    snprintf(ex.service, sizeof(ex.service), "%s",
+    t->on = 1;
+    const Remora__V1__TraceExport *e = mesh->tracing->export;
+    size_t hl = 0;
+    for (size_t i = 0; e && i < e->n_headers; i++) {
+        int n = snprintf(t->headers + hl, sizeof(t->headers) - hl, "%s: %s\r\n", e->headers[i]->key,
+                         e->headers[i]->value ? e->headers[i]->value : "");
+        if (n < 0 || (size_t)n >= sizeof(t->headers) - hl) {
+            snprintf(err, errlen, "tracing.export.headers: more than %zu bytes",
+                     sizeof(t->headers) - 1);
+            return -1;
+        }
+        hl += (size_t)n;
+    }
+    snprintf(t->service, sizeof(t->service), "%s",
              cfg->service_name ? cfg->service_name : "remora");
-    snprintf(ex.node, sizeof(ex.node), "%s", cfg->node ? cfg->node : "remora");
+    snprintf(t->node, sizeof(t->node), "%s", cfg->node ? cfg->node : "remora");
     for (size_t i = 0; i < cfg->n_labels; i++)
         if (!strcmp(cfg->labels[i].key, "version"))
-            snprintf(ex.version, sizeof(ex.version), "%s", cfg->labels[i].value);
+            snprintf(t->version, sizeof(t->version), "%s", cfg->labels[i].value);
+    return 1;
+}
+
+static int exporter_run(const ex_target_t *t, char *err, size_t errlen)
+{
     for (unsigned i = 0; i < rmr_g.nworkers; i++) {
-        rmr_g.workers[i].spanq = calloc(1, sizeof(struct span_q));
-        if (!rmr_g.workers[i].spanq) {
+        if (rmr_g.workers[i].spanq)
+            continue;
+        struct span_q *q = calloc(1, sizeof(struct span_q));
+        if (!q) {
             snprintf(err, errlen, "tracing: out of memory");
             return -1;
         }
+        __atomic_store_n(&rmr_g.workers[i].spanq, q, __ATOMIC_RELEASE);
     }
+    ex.t = *t;
+    ex.stop = 0;
     if (pthread_create(&ex.thread, NULL, exporter_main, NULL) != 0) {
         snprintf(err, errlen, "tracing: cannot start the exporter thread");
         return -1;
     }
-    ex.running = 1;
-    RMR_INFO("tracing: spans exported to http://%s:%s%s", ex.host, ex.port, ex.path);
+    __atomic_store_n(&ex.running, 1, __ATOMIC_RELEASE);
+    RMR_INFO("tracing: spans exported to %s://%s:%s%s", t->tls ? "https" : "http", t->host, t->port,
+             t->path);
+    return 0;
+}
+
+int trace_exporter_start(const rmr_config_t *cfg, char *err, size_t errlen)
+{
+    ex_target_t t;
+    int rc = target_of(cfg, &t, err, errlen);
+    if (rc < 0)
+        return -1;
+    if (rc == 0) {
+        if (cfg->mesh_pb && ((const Remora__V1__Mesh *)cfg->mesh_pb)->tracing)
+            RMR_INFO("tracing: no export and no control plane: trace context is propagated, "
+                     "spans are not exported");
+        return 0;
+    }
+    return exporter_run(&t, err, errlen);
+}
+
+int trace_exporter_reload(const rmr_config_t *cfg, int apply, char *err, size_t errlen)
+{
+    ex_target_t t;
+    int rc = target_of(cfg, &t, err, errlen);
+    if (rc < 0 || !apply)
+        return rc < 0 ? -1 : 0;
+    if (!ex.running)
+        return rc ? exporter_run(&t, err, errlen) : 0;
+    pthread_mutex_lock(&ex.lock);
+    const ex_target_t *cur = ex.retarget ? &ex.next : &ex.t;
+    int changed = memcmp(cur, &t, sizeof(t)) != 0;
+    if (changed) {
+        ex.next = t;
+        ex.retarget = 1;
+        pthread_cond_signal(&ex.cond);
+    }
+    pthread_mutex_unlock(&ex.lock);
+    if (changed && t.on)
+        RMR_INFO("tracing: spans now exported to %s://%s:%s%s", t.tls ? "https" : "http", t.host,
+                 t.port, t.path);
+    else if (changed)
+        RMR_INFO("tracing: spans are no longer exported (no export and no control plane)");
     return 0;
 }
 
@@ -1003,7 +1323,7 @@ void trace_exporter_stop(void)
     pthread_cond_signal(&ex.cond);
     pthread_mutex_unlock(&ex.lock);
     pthread_join(ex.thread, NULL);
-    ex.running = 0;
+    __atomic_store_n(&ex.running, 0, __ATOMIC_RELEASE);
     for (unsigned i = 0; i < rmr_g.nworkers; i++) {
         struct span_q *q = rmr_g.workers[i].spanq;
         if (!q)

@@ -14,6 +14,8 @@ import json
 import os
 import pathlib
 import shutil
+import signal
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -24,10 +26,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import harness
+import tlsutil
 import rawhttp
-from harness import free_port, mesh
+from harness import free_port, mesh, service
 from test_admin import parse_prometheus, total
-from test_gray import ChainApp, split, traceparent, versioned
+from test_gray import ChainApp, reload_mesh, split, traceparent, versioned
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,9 +41,12 @@ NODE_MODULES = OTLP_DIR / "node_modules"
 class Collector:
     """OTLP/HTTP receiver: keeps each body; mode "ok", "fail" (503) or "slow" (5 s, then 200)."""
 
-    def __init__(self, mode="ok"):
+    def __init__(self, mode="ok", tls=None):
+        """tls: (certificate, key) files to serve HTTPS with."""
         self.mode = mode
+        self.scheme = "https" if tls else "http"
         self.bodies = []
+        self.headers = []  # each accepted POST's request headers, names lower-case
         self.lock = threading.Lock()
         col = self
 
@@ -64,19 +70,26 @@ class Collector:
                     return
                 with col.lock:
                     col.bodies.append(body)
+                    col.headers.append({k.lower(): v for k, v in self.headers.items()})
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
                 self.send_header("content-length", "0")
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d/v1/traces" % self.port
+        # an IP, not localhost: a minimal system may have no /etc/hosts (the test certificates
+        # carry the IP SAN 127.0.0.1, so https checks the IP)
+        return "%s://127.0.0.1:%d/v1/traces" % (self.scheme, self.port)
 
     def decoded(self, decoder=None):
         """Every span received so far: (resource attributes dict, span dict). Decoded by npm's
@@ -250,6 +263,10 @@ def test_chain_yields_one_trace_with_nested_spans(traced_chain, collector):
         a = attrs(s["attributes"])
         assert a["http.request.method"] == "GET" and a["url.path"] == "/chain"
         assert int(a["http.response.status_code"]) == 200
+        # the value types of the semantic conventions: an int is an intValue, not a string
+        typed = {kv["key"]: kv["value"] for kv in s["attributes"]}
+        assert set(typed["http.response.status_code"]) == {"intValue"}
+        assert set(typed["http.request.method"]) == {"stringValue"}
         assert s["status"]["code"] in (0, 1)
         assert r["service.instance.id"] == r["service.name"] + "-1"
         assert r["service.version"] == "v1"
@@ -340,6 +357,125 @@ def test_retry_events_on_the_client_span(make_remora, make_upstream, collector):
         assert ev["name"] == "retry" and a["remora.retry_reason"] == "status"
         assert int(a["remora.attempt"]) == 1 and a["remora.upstream"].endswith(str(bad.port))
         assert int(attrs(s["attributes"])["remora.attempts"]) == 2
+
+
+def test_replay_is_a_bool_attribute_of_the_server_span(make_remora, make_upstream, collector):
+    app = make_upstream(name="ledger")
+    m = mesh(service("ledger", [], idempotency={"enabled": True, "ttl": "10m",
+                                                 "max_entries": 1000}))
+    m["tracing"] = tracing(collector.url)
+    r = make_remora().start_config(m, app=app.port, extra={"service": "ledger"})
+    for _ in range(2):
+        resp = rawhttp.get(r.inbound, "/pay", host="ledger", method="POST",
+                           headers=[("Idempotency-Key", '"k-1"')], body=b'{"a":1}')
+        assert resp.status == 200
+    assert resp.header("x-remora-idempotent-replay") == "1"
+    spans = wait_spans(collector, lambda s: len(s) >= 2)
+    server = [s for _, s in spans if s["kind"] == 2]
+    assert len(server) == 2
+    replays = [{kv["key"]: kv["value"] for kv in s["attributes"]}.get("remora.idempotent_replay")
+               for s in server]
+    assert sorted(replays, key=str) == [None, {"boolValue": True}]
+
+
+def test_https_export_verifies_the_collector(make_remora, make_upstream, tmp_path, monkeypatch):
+    """https:// export: the collector's certificate is checked against the trust store
+    (SSL_CERT_FILE here) and against the URL's host (an IP here); a collector whose certificate
+    does not verify gets nothing, the failure is counted, and requests are unaffected."""
+    certs = tlsutil.make_certs(tmp_path / "certs")
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs / "ca.pem"))
+    good = Collector(tls=(certs / "checkout.pem", certs / "checkout.key"))
+    rogue = Collector(tls=(certs / "rogue.pem", certs / "rogue.key"))
+    try:
+        up, r = one_sidecar(make_remora, make_upstream, tracing(good.url))
+        for i in range(3):
+            assert rawhttp.get(r.outbound, "/tls/%d" % i, host="svc").status == 200
+        got = wait_spans(good, lambda s: len(s) >= 3)
+        assert sorted(s["name"] for _, s in got) == ["GET /tls/%d" % i for i in range(3)]
+        up2, r2 = one_sidecar(make_remora, make_upstream, tracing(rogue.url))
+        for i in range(3):
+            assert rawhttp.get(r2.outbound, "/rogue/%d" % i, host="svc").status == 200
+
+        def failed():
+            _, smp = parse_prometheus(r2.admin_get("/stats/prometheus").body.decode())
+            return total(smp, "remora_trace_spans_total", outcome="failed")
+        assert harness.wait_until(lambda: failed() >= 3, 15, 0.1), r2.stderr_tail()
+        assert rogue.decoded() == []
+        # the log says why: the rogue CA is not trusted
+        assert "failed (TLS: unable to get local issuer certificate)" in r2.stderr_text(), \
+            r2.stderr_tail()
+    finally:
+        good.stop()
+        rogue.stop()
+
+
+def test_export_headers(make_remora, make_upstream, collector, tmp_path, remora_bin):
+    """tracing.export.headers go with every export (a collector's token, a tenant); header
+    names remora sets itself, bad names and control characters are refused with the field."""
+    tr = tracing(collector.url)
+    tr["export"]["headers"] = {"authorization": "Bearer s3cret", "X-Scope-OrgID": "tenant-1"}
+    up, r = one_sidecar(make_remora, make_upstream, tr)
+    assert rawhttp.get(r.outbound, "/h", host="svc").status == 200
+    wait_spans(collector, lambda s: len(s) >= 1)
+    h = collector.headers[0]
+    assert h["authorization"] == "Bearer s3cret" and h["x-scope-orgid"] == "tenant-1"
+    assert h["content-type"] == "application/x-protobuf"
+    for headers, field in (({"content-length": "1"}, "tracing.export.headers.content-length"),
+                           ({"bad name": "x"}, "tracing.export.headers.bad name"),
+                           ({"x-token": "a\nb"}, "tracing.export.headers.x-token")):
+        tr = tracing(collector.url)
+        tr["export"]["headers"] = headers
+        m = mesh(versioned("svc", [(up.port, "v1")]))
+        m["tracing"] = tr
+        rr = make_remora()
+        rr.write_configs(m)
+        res = harness.run_remora(remora_bin, ["--config", rr.sidecar_path])
+        assert res.returncode == 2 and field in res.stderr, (headers, res.stderr)
+        assert "mesh-" in res.stderr and ".yaml:" in res.stderr, res.stderr
+
+
+def test_export_target_follows_a_reload(make_remora, make_upstream):
+    """SIGHUP moves the export to a new collector without a restart; a config that starts
+    without tracing gets an exporter when tracing is added; an unusable URL is refused and
+    the running target stays."""
+    a, b = Collector(), Collector()
+    try:
+        up = make_upstream(name="app")
+        route = {"name": "r", "match": {"service": "svc"}}
+        m = mesh(versioned("svc", [(up.port, "v1")]), routes=[route])
+        r = make_remora().start_config(m, extra={"service": "caller"})
+        assert rawhttp.get(r.outbound, "/none", host="svc").status == 200
+        m["tracing"] = tracing(a.url)
+        reload_mesh(r, m)
+        pid = r.pid
+        for i in range(3):
+            assert rawhttp.get(r.outbound, "/to-a/%d" % i, host="svc").status == 200
+        wait_spans(a, lambda s: len(s) >= 3)
+        m["tracing"] = tracing(b.url)
+        reload_mesh(r, m)
+        for i in range(3):
+            assert rawhttp.get(r.outbound, "/to-b/%d" % i, host="svc").status == 200
+        got = wait_spans(b, lambda s: len(s) >= 3)
+        assert sorted(s["name"] for _, s in got) == ["GET /to-b/%d" % i for i in range(3)]
+        assert all(s["name"].startswith("GET /to-a/") for _, s in a.decoded())
+        # an unusable URL: the reload is refused, spans still go to b
+        _, before = parse_prometheus(r.admin_get("/stats/prometheus").body.decode())
+        m["tracing"] = tracing("http://collector:no-port/v1/traces")
+        r.write_mesh(m)
+        r.send_signal(signal.SIGHUP)
+
+        def failures():
+            _, smp = parse_prometheus(r.admin_get("/stats/prometheus").body.decode())
+            return total(smp, "remora_config_reload_failures_total")
+        assert harness.wait_until(
+            lambda: failures() > total(before, "remora_config_reload_failures_total"), 10, 0.05)
+        assert "otlp_http" in r.stderr_text()
+        assert rawhttp.get(r.outbound, "/still-b", host="svc").status == 200
+        wait_spans(b, lambda s: any(x["name"] == "GET /still-b" for _, x in s))
+        assert r.pid == pid and r.alive()
+    finally:
+        a.stop()
+        b.stop()
 
 
 def test_errors_kept_whatever_the_sampling(make_remora, make_upstream, collector):
