@@ -564,6 +564,11 @@ for r in $(seq "$ROUNDS"); do
     echo "round $r/$ROUNDS  $sc"
     SYS=("${SYSTEMS[@]}")
     [ "$sc" = grpc ] && [ -x "$REMORA" ] && SYS+=(remora-mtls)
+    # even rounds run the systems in reverse order: a machine that drifts during a round
+    # favours none of them
+    if [ $((r % 2)) = 0 ]; then
+      REV=(); for ((i = ${#SYS[@]} - 1; i >= 0; i--)); do REV+=("${SYS[$i]}"); done; SYS=("${REV[@]}")
+    fi
     for sys in "${SYS[@]}"; do
       case $sc/$sys in idle/direct | h2/direct | tls/direct | tlshs/direct) continue ;; esac
       start_system "$sys" "$sc" || continue
@@ -610,13 +615,27 @@ def rng(sc, sy, m, fmt):  # min-max over the rounds, to show the noise
 TARGET = {"h1": ("haproxy", ">=", 1.3), "lat": ("haproxy", "<=", 0.7), "idle": ("haproxy", "<=", 1.0),
           "big": ("haproxy", ">=", 1.0), "h2": ("nghttpx", ">=", 1.2), "tls": ("haproxy", ">=", 1.2),
           "tlshs": ("haproxy", ">=", 1.0)}
-def ratios(sc, get, fmt="%.2f", what="", target=True, end="\n"):
+def per_round(sc, m, peer):  # median over rounds of remora/peer within the round
+    if m == "added":
+        a = {r: added_round(sc, "remora", r) for r in V.get((sc, "remora", "p50"), {})}
+        b = {r: added_round(sc, peer, r) for r in V.get((sc, peer, "p50"), {})}
+    else:
+        a, b = V.get((sc, "remora", m), {}), V.get((sc, peer, m), {})
+    xs = [a[r] / b[r] for r in a if r in b and a[r] is not None and b[r]]
+    return (st.median(xs), min(xs), max(xs)) if xs else None
+def added_round(sc, sy, r):
+    p, d = V.get((sc, sy, "p50"), {}), V.get((sc, "direct", "p50"), {})
+    return p[r] - d[r] if r in p and r in d else None
+def ratios(sc, get, fmt="%.2f", what="", target=True, end="\n", m=None):
     out = []
     r = get("remora")
     for peer in ("haproxy", "nginx", "nghttpx"):
         p = get(peer)
         x = None if r is None or not p or p <= 0 else r / p
         s = "remora/%s %s" % (peer, f(x, fmt))
+        pr = per_round(sc, m, peer) if m and rounds > 1 else None
+        if pr:
+            s += " [within rounds: median %.2f, %.2f-%.2f]" % pr
         if target and sc in TARGET and peer == TARGET[sc][0]:
             _, op, t = TARGET[sc]
             ok = None if x is None else (x >= t if op == ">=" else x <= t)
@@ -628,7 +647,7 @@ def rate_table(sc, title, unit):  # requests/s with the proxy's CPU use beside
     for sy in rows:
         print("| %s | %s | %s | %s |" % (sy, f(med(sc, sy, "rps"), "%.0f"), rng(sc, sy, "rps", "%.0f"),
               f(med(sc, sy, "cpu"), "%.0f")))
-    ratios(sc, lambda sy: med(sc, sy, "rps"))
+    ratios(sc, lambda sy: med(sc, sy, "rps"), m="rps")
 print("## Results: median of %d round(s), %s s each (range: lowest-highest round)\n" % (rounds, secs))
 for sc in scen:
     rows = [sy for sy in order if any(k[0] == sc and k[1] == sy for k in V)]
@@ -636,13 +655,13 @@ for sc in scen:
     if sc == "h1":
         print("h1: wrk, 64 keep-alive connections, 64-byte body\n\n| system | requests/s | range |\n|---|---:|---:|")
         for sy in rows: print("| %s | %s | %s |" % (sy, f(med("h1", sy, "rps"), "%.0f"), rng("h1", sy, "rps", "%.0f")))
-        ratios(sc, lambda sy: med("h1", sy, "rps"))
+        ratios(sc, lambda sy: med("h1", sy, "rps"), m="rps")
     elif sc == "lat":
         print("lat: wrk, 1 connection\n\n| system | p50 us | p50 range | p99 us | added p50 us |\n|---|---:|---:|---:|---:|")
         for sy in rows:
             print("| %s | %s | %s | %s | %s |" % (sy, f(med("lat", sy, "p50"), "%.1f"), rng("lat", sy, "p50", "%.0f"),
                   f(med("lat", sy, "p99"), "%.1f"), "-" if sy == "direct" else f(added(sy), "%.1f")))
-        ratios(sc, added)
+        ratios(sc, added, m="added")
     elif sc == "idle":
         print("idle: RSS with the idle keep-alive connections open\n\n| system | RSS KiB | range |\n|---|---:|---:|")
         for sy in rows: print("| %s | %s | %s |" % (sy, f(med("idle", sy, "rss"), "%.0f"), rng("idle", sy, "rss", "%.0f")))
@@ -650,7 +669,7 @@ for sc in scen:
     elif sc == "big":
         print("big: wrk, 8 connections, 1 MiB responses\n\n| system | MiB/s | range |\n|---|---:|---:|")
         for sy in rows: print("| %s | %s | %s |" % (sy, f(med("big", sy, "mibs"), "%.1f"), rng("big", sy, "mibs", "%.1f")))
-        ratios(sc, lambda sy: med("big", sy, "mibs"))
+        ratios(sc, lambda sy: med("big", sy, "mibs"), m="mibs")
     elif sc == "h2":
         rate_table(sc, "h2: h2load, h2c prior knowledge, 16 connections x 32 streams, h1 to the backend", "requests/s")
     elif sc == "tls":

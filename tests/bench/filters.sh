@@ -18,6 +18,9 @@
 # Idempotency-Key per request (a Lua script), to nginx answering 200 with 64 bytes.
 # Reports req/s and the proxy's CPU time per request, each with its ratio to plain.
 # Environment: SECONDS=5 per measurement, ROUNDS=3, REMORA=build/proxy/remora, PORT_BASE=19100.
+#   PROXY_CPU=30  holds the proxy to 30% of a CPU (the cgroup cpu controller, v1 or v2; root):
+#                 the proxy, not wrk or the backend, is then the bottleneck, and the req/s
+#                 ratio measures the proxy's own cost. Unset: the proxy has CPU 0 to itself.
 D=${DURATION:-$({ tr '\0' '\n' </proc/$$/environ | sed -n 's/^SECONDS=//p'; } 2>/dev/null)}
 case $D in '' | *[!0-9]*) D=5 ;; esac
 set -u
@@ -131,19 +134,39 @@ start() { # system -> SPID
   esac
   $PIN_PROXY "$REMORA" "${args[@]}" >"$W/$1.log" 2>&1 &
   SPID=$!
+  [ -z "$CG" ] || echo "$SPID" >"$CG/cgroup.procs"
   wait_port "${PORT[$1]}" || { echo "filters.sh: $1 did not start: $(tail -3 "$W/$1.log")" >&2; exit 1; }
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: bench' -H 'Idempotency-Key: "check"' \
          -d x "http://127.0.0.1:${PORT[$1]}/pay")
   [ "$code" = 200 ] || { echo "filters.sh: $1 answered $code, not 200" >&2; exit 1; }
 }
+# PROXY_CPU: a cgroup with a CPU quota, each remora moved into it as it starts.
+CG=""
+if [ -n "${PROXY_CPU:-}" ]; then
+  case $PROXY_CPU in *[!0-9]* | '') echo "filters.sh: PROXY_CPU is a percentage" >&2; exit 2 ;; esac
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    CG=/sys/fs/cgroup/remora-bench-$$
+    echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+    mkdir "$CG" && echo "$((PROXY_CPU * 100)) 10000" >"$CG/cpu.max"
+  elif [ -d /sys/fs/cgroup/cpu ]; then
+    CG=/sys/fs/cgroup/cpu/remora-bench-$$
+    mkdir "$CG" && echo 10000 >"$CG/cpu.cfs_period_us" && echo $((PROXY_CPU * 100)) >"$CG/cpu.cfs_quota_us"
+  fi
+  [ -n "$CG" ] && [ -d "$CG" ] || { echo "filters.sh: PROXY_CPU needs the cgroup cpu controller (and root)" >&2; exit 2; }
+  trap 'cleanup; rmdir "$CG" 2>/dev/null' EXIT
+fi
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 RES=$W/results
-echo "# filters.sh: $ROUNDS rounds of ${D}s, wrk -c64 POST with a new Idempotency-Key each"
+echo "# filters.sh: $ROUNDS rounds of ${D}s, wrk -c64 POST with a new Idempotency-Key each${PROXY_CPU:+, the proxy held to $PROXY_CPU% of a CPU}"
 for r in $(seq "$ROUNDS"); do
   echo "round $r"
-  for s in "${SYSTEMS[@]}"; do
+  # odd rounds in the given order, even rounds reversed: a machine that slows or speeds up
+  # during a round favours none of the systems
+  order=("${SYSTEMS[@]}")
+  if [ $((r % 2)) = 0 ]; then order=(); for ((i = ${#SYSTEMS[@]} - 1; i >= 0; i--)); do order+=("${SYSTEMS[$i]}"); done; fi
+  for s in "${order[@]}"; do
     start "$s"
     $PIN_LOAD wrk -t1 -c64 -d1s -s "$W/post.lua" "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 # warm-up
     c0=$(ticks "$SPID")
@@ -154,20 +177,26 @@ for r in $(seq "$ROUNDS"); do
     reqs=$(echo "$out" | awk '/requests in/{print $1}')
     us=$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.2f", (b-a)/hz*1e6/n}')
     printf '  %-8s %10.0f req/s  %6s CPU-us/request %s\n' "$s" "$rps" "$us" "$errs"
-    echo "$s $rps $us" >>"$RES"
+    echo "$s $rps $us $r" >>"$RES"
     kill "$SPID"; wait "$SPID" 2>/dev/null
   done
 done
 median() { sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo
 BASE=${SYSTEMS[0]}
-echo "| system | req/s (median) | ratio to $BASE | proxy CPU-µs/request | ratio |"
-echo "|---|---:|---:|---:|---:|"
+echo "| system | req/s (median) | ratio to $BASE | proxy CPU-µs/request | ratio | per-round req/s ratio (median, range) |"
+echo "|---|---:|---:|---:|---:|---:|"
 p_rps=$(awk -v s="$BASE" '$1==s{print $2}' "$RES" | median)
 p_us=$(awk -v s="$BASE" '$1==s{print $3}' "$RES" | median)
 for s in "${SYSTEMS[@]}"; do
   rps=$(awk -v s="$s" '$1==s{print $2}' "$RES" | median)
   us=$(awk -v s="$s" '$1==s{print $3}' "$RES" | median)
-  awk -v s="$s" -v r="$rps" -v u="$us" -v pr="$p_rps" -v pu="$p_us" \
-    'BEGIN{printf "| %s | %.0f | %.2f | %.2f | %.2f |\n", s, r, r/pr, u, u/pu}'
+  # the ratio within each round (the two ran a few seconds apart), then their median
+  rr=$(awk -v s="$s" -v b="$BASE" '$1==b{base[$4]=$2} $1==s{mine[$4]=$2}
+         END{for (k in mine) if (base[k] > 0) printf "%.3f\n", mine[k]/base[k]}' "$RES" | sort -n)
+  rmed=$(echo "$rr" | median)
+  rlo=$(echo "$rr" | head -1)
+  rhi=$(echo "$rr" | tail -1)
+  awk -v s="$s" -v r="$rps" -v u="$us" -v pr="$p_rps" -v pu="$p_us" -v m="$rmed" -v lo="$rlo" -v hi="$rhi" \
+    'BEGIN{printf "| %s | %.0f | %.2f | %.2f | %.2f | %.2f (%.2f-%.2f) |\n", s, r, r/pr, u, u/pu, m, lo, hi}'
 done
