@@ -971,6 +971,14 @@ static rmr_config_t *compile(const struct ctx *x, Mesh *mesh, Bootstrap *boot, c
         goto fail;
     }
     c->workers = boot->workers;
+    if (boot->busy_poll) {
+        const Duration *d = boot->busy_poll;
+        if (d->seconds < 0 || d->nanos < 0 || d->seconds > 0 || d->nanos > 10000000) {
+            verr(&x->boot, x->err, "busy_poll", "expected 0..10ms");
+            goto fail;
+        }
+        c->busy_poll_us = (uint32_t)(d->nanos / 1000);
+    }
     if (!empty(boot->node)) {
         c->node = strdup(boot->node);
     } else {
@@ -1457,6 +1465,7 @@ rmr_config_t *rmr_config_with_endpoints(const rmr_config_t *c, size_t svc, const
     bool ok = true;
     d->refs = 1;
     d->workers = c->workers;
+    d->busy_poll_us = c->busy_poll_us;
     d->limits = c->limits;
     d->tls_cert = c->tls_cert;
     d->tls_key = c->tls_key;
@@ -1602,7 +1611,8 @@ char *rmr_config_to_json(const rmr_config_t *c)
     put_str(&o, c->node);
     put(&o, ",\n  \"service\": ");
     put_str(&o, c->service_name);
-    put(&o, ",\n  \"workers\": %u,\n  \"admin\": ", c->workers);
+    put(&o, ",\n  \"workers\": %u,\n  \"busy_poll_us\": %u,\n  \"admin\": ", c->workers,
+        c->busy_poll_us);
     put_str(&o, c->admin ? c->admin->text : NULL);
     put(&o, ",\n  \"listeners\": [");
     for (size_t i = 0; i < c->n_listeners; i++) {

@@ -300,16 +300,36 @@ struct done {
     unsigned flags;
 };
 
+/* Submits what the turn queued and asks for completions without sleeping until some come, for
+ * at most busy_poll_us (and not past the nearest timer, wait_ms away). Returns 1 when the
+ * completion queue has entries. With DEFER_TASKRUN, completions are only posted when the
+ * thread enters the kernel for them, so each poll is a (short) io_uring_enter. */
+static int busy_poll(rmr_loop_t *loop, uint64_t wait_ms)
+{
+    uint64_t now = rmr_clock_us(), span = loop->busy_poll_us;
+    if (wait_ms < span / 1000)
+        span = wait_ms * 1000;
+    uint64_t until = now + span;
+    int ret = io_uring_submit_and_get_events(&loop->ring);
+    (void)ret;
+    while (!io_uring_cq_ready(&loop->ring)) {
+        if (rmr_clock_us() >= until)
+            return 0;
+        ret = io_uring_get_events(&loop->ring);
+    }
+    loop->polls++;
+    return 1;
+}
+
 void rmr_loop_run(rmr_loop_t *loop)
 {
     while (!loop->stop)
         rmr_loop_turn(loop, UINT64_MAX);
 }
 
-void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms)
+/* How long the turn may sleep: max_wait_ms, or less when a timer is due sooner. */
+static uint64_t turn_wait(const rmr_loop_t *loop, uint64_t max_wait_ms)
 {
-    struct done batch[CQE_BATCH];
-    struct __kernel_timespec ts, *tsp = NULL;
     uint64_t wait = max_wait_ms;
     if (loop->nheap) {
         uint64_t d = loop->heap[0]->deadline;
@@ -317,24 +337,45 @@ void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms)
         if (until_timer < wait)
             wait = until_timer;
     }
+    return wait;
+}
+
+void rmr_loop_turn(rmr_loop_t *loop, uint64_t max_wait_ms)
+{
+    struct done batch[CQE_BATCH];
+    struct __kernel_timespec ts, *tsp = NULL;
+    struct io_uring_cqe *cqe;
+    uint64_t wait = turn_wait(loop, max_wait_ms);
+    int batching = loop->batch_wait_us && loop->last_reaped >= BATCH_FROM &&
+                   (uint64_t)loop->batch_wait_us < wait * 1000;
+    if (loop->busy_poll_us && loop->last_reaped && !batching && wait != 0) {
+        uint64_t t0 = loop->now_ms;
+        if (busy_poll(loop, wait))
+            goto reap;
+        /* nothing came: sleep for what is left */
+        loop->now_ms = rmr_clock_ms();
+        uint64_t spent = loop->now_ms - t0;
+        if (max_wait_ms != UINT64_MAX)
+            max_wait_ms = max_wait_ms > spent ? max_wait_ms - spent : 0;
+        wait = turn_wait(loop, max_wait_ms);
+    }
     if (wait != UINT64_MAX) {
         ts.tv_sec = (long long)(wait / 1000);
         ts.tv_nsec = (long long)(wait % 1000) * 1000000;
         tsp = &ts;
     }
     unsigned want = 1;
-    if (loop->batch_wait_us && loop->last_reaped >= BATCH_FROM &&
-        (uint64_t)loop->batch_wait_us < wait * 1000) {
+    if (batching) {
         want = loop->last_reaped / 2 < BATCH_MAX ? loop->last_reaped / 2 : BATCH_MAX;
         ts.tv_sec = 0;
         ts.tv_nsec = (long long)loop->batch_wait_us * 1000;
         tsp = &ts;
     }
-    /* The one syscall of the turn: submit what the last turn queued, wait for completions
-     * or the nearest timer. */
-    struct io_uring_cqe *cqe;
+    /* The one syscall of the turn: submit what the last turn queued, wait for completions or
+     * the nearest timer. */
     int ret = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, want, tsp, NULL);
     (void)ret; /* -ETIME and -EINTR only mean there may be nothing to reap */
+reap:
     loop->now_ms = rmr_clock_ms();
     loop->last_reaped = 0;
     for (;;) {

@@ -29,6 +29,7 @@ static struct {
     rmr_op_t sig_op;
     const char *config_path;
     rmr_timer_t cert_timer;
+    int busy_poll_cli; /* --busy-poll-us given: the bootstrap's busy_poll is not used */
 } m = {.sfd = -1};
 
 #define CERT_CHECK_MS 2000
@@ -66,6 +67,8 @@ static void usage(FILE *f)
                "      --upstream-proto P  http1 (default) or http2 (h2c) toward --upstream\n"
                "      --batch-wait-us N  under load, how long a worker may wait to gather\n"
                "                        completions into one turn (default 200, 0 = off)\n"
+               "      --busy-poll-us N  after work, poll for completions this long before\n"
+               "                        sleeping: lower latency for more CPU (default 0 = off)\n"
                "  -v, --verbose         debug logging\n"
                "  -V, --version         print the version\n");
 }
@@ -112,6 +115,9 @@ static void reload(void)
     if (cfg->workers && cfg->workers != cur->workers)
         RMR_WARN("reload: workers: %u takes effect only at restart", cfg->workers);
     cfg->workers = cur->workers;
+    if (!m.busy_poll_cli && cfg->busy_poll_us != cur->busy_poll_us)
+        RMR_WARN("reload: busy_poll takes effect only at restart");
+    cfg->busy_poll_us = cur->busy_poll_us;
     char terr[512];
     if (trace_exporter_reload(cfg, 0, terr, sizeof(terr)) < 0) {
         __atomic_add_fetch(&rmr_config_reload_failures, 1, __ATOMIC_RELAXED);
@@ -200,6 +206,7 @@ int main(int argc, char **argv)
         {"tls-ca", required_argument, NULL, 'A'},
         {"upstream-proto", required_argument, NULL, 'P'},
         {"batch-wait-us", required_argument, NULL, 'B'},
+        {"busy-poll-us", required_argument, NULL, 'Y'},
         {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
@@ -208,7 +215,7 @@ int main(int argc, char **argv)
     const char *listen = NULL, *upstream = NULL, *admin = NULL;
     const char *tls_cert = NULL, *tls_key = NULL, *tls_ca = NULL;
     int up_h2 = 0;
-    long workers = 0;
+    long workers = 0, busy_poll_us = -1;
     int c;
     while ((c = getopt_long(argc, argv, "c:l:u:w:a:vVh", opts, NULL)) != -1) {
         switch (c) {
@@ -250,6 +257,16 @@ int main(int argc, char **argv)
                 return 2;
             }
             rmr_g.batch_wait_us = (uint32_t)us;
+            break;
+        }
+        case 'Y': {
+            char *end;
+            long us = strtol(optarg, &end, 10);
+            if (*end || end == optarg || us < 0 || us > 10000) {
+                fprintf(stderr, "remora: --busy-poll-us: expected 0..10000, got \"%s\"\n", optarg);
+                return 2;
+            }
+            busy_poll_us = us;
             break;
         }
         case 'v':
@@ -328,6 +345,11 @@ int main(int argc, char **argv)
     }
     if (workers)
         cfg->workers = (unsigned)workers;
+    if (busy_poll_us >= 0) {
+        cfg->busy_poll_us = (uint32_t)busy_poll_us;
+        m.busy_poll_cli = 1;
+    }
+    rmr_g.busy_poll_us = cfg->busy_poll_us;
     if (!cfg->workers) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cfg->workers = n < 1 ? 1 : n > RMR_MAX_WORKERS ? RMR_MAX_WORKERS : (unsigned)n;

@@ -209,6 +209,7 @@ typedef struct remora {
     uint64_t config_gen;  /* bumped on each swap; read by workers each turn */
     int draining;
     uint32_t batch_wait_us; /* --batch-wait-us: see rmr_loop_t.batch_wait_us */
+    uint32_t busy_poll_us;  /* --busy-poll-us: see rmr_loop_t.busy_poll_us */
 } remora_t;
 
 extern remora_t rmr_g;

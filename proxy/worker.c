@@ -266,6 +266,7 @@ static void *worker_main(void *arg)
     }
     w->loop.data = w;
     w->loop.batch_wait_us = rmr_g.batch_wait_us;
+    w->loop.busy_poll_us = rmr_g.busy_poll_us;
     w->loop.on_wake = worker_wake;
     w->loop.before_wait = worker_before_wait;
     pthread_mutex_lock(&rmr_g.config_lock);

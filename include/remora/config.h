@@ -121,9 +121,10 @@ typedef struct rmr_limits {
 } rmr_limits_t;
 
 typedef struct rmr_config {
-    int refs;         /* atomic; see rmr_config_ref/unref */
-    char *source;     /* file it came from, or "command line" */
-    unsigned workers; /* 0 = one per core */
+    int refs;              /* atomic; see rmr_config_ref/unref */
+    char *source;          /* file it came from, or "command line" */
+    unsigned workers;      /* 0 = one per core */
+    uint32_t busy_poll_us; /* bootstrap busy_poll; 0 = off */
     char *node;
     char *service_name; /* the service this sidecar fronts, may be NULL */
     rmr_addr_t *admin;  /* NULL: no admin listener */

@@ -28,6 +28,8 @@
 #   GRPC_SIDECAR_CLIENT=, GRPC_SIDECAR_GREETER=, GRPC_MESH=   the two sidecars' bootstraps and
 #                 their mesh config for grpc's two-hop case (default: tests/bench/grpc-mesh/)
 #   KEEP_WORKDIR=1    keep the temporary folder (configs, logs, certificates) and print its name
+#   BUSY_POLL_US=N    busy polling for both remora (--busy-poll-us N) and HAProxy (busy-polling):
+#                 lower latency for CPU; default 0, each as shipped. nginx and nghttpx have none.
 #
 # Every proxy runs one worker pinned to CPU 0; wrk, h2load, the other clients and the backends
 # (nginx with one worker, the gRPC server) are pinned to CPU 1, as shared/bench/peers.sh does.
@@ -54,6 +56,10 @@ GRPC_SIDECAR_GREETER=${GRPC_SIDECAR_GREETER:-$HERE/grpc-mesh/sidecar-greeter.yam
 GRPC_MESH=${GRPC_MESH:-$HERE/grpc-mesh/mesh.yaml}
 PORT_BASE=${PORT_BASE:-19000}
 REMORA=${REMORA:-$ROOT/build/proxy/remora}
+BUSY_POLL_US=${BUSY_POLL_US:-0}
+case $BUSY_POLL_US in '' | *[!0-9]*) echo "bench.sh: BUSY_POLL_US: expected microseconds" >&2; exit 2 ;; esac
+HA_BUSY=""; BP_ARGS=()
+[ "$BUSY_POLL_US" -gt 0 ] && { HA_BUSY="  busy-polling"; BP_ARGS=(--busy-poll-us "$BUSY_POLL_US"); }
 case $REMORA in /*) ;; *) REMORA=$PWD/$REMORA ;; esac
 PY=/usr/bin/python3; [ -x $PY ] || PY=python3
 
@@ -170,6 +176,7 @@ haproxy_cfg() { # file "bind line" "server line"
 global
   nbthread 1
   maxconn 8000
+$HA_BUSY
 defaults
   mode http
   timeout connect 5s
@@ -333,9 +340,9 @@ grpc_mesh_start() { # client.yaml greeter.yaml: both sidecars up -> SPID (client
   if [ -z "$cport" ] || [ -z "$gport" ]; then
     note "remora-mtls: no outbound.listen in $1 or no inbound.listen in $2; skipped"; return 1
   fi
-  launch remora-greeter "$gport" "$REMORA" --config "$2" || return 1
+  launch remora-greeter "$gport" "$REMORA" --config "$2" "${BP_ARGS[@]}" || return 1
   SPID2=$LPID
-  launch remora-client "$cport" "$REMORA" --config "$1" || { stop_system; return 1; }
+  launch remora-client "$cport" "$REMORA" --config "$1" "${BP_ARGS[@]}" || { stop_system; return 1; }
   SPID=$LPID; MESH_TARGET=127.0.0.1:$cport
   MESH_INBOUND=127.0.0.1:$gport
 }
@@ -348,6 +355,7 @@ start_system() { # system scenario -> sets SPID (empty for direct); 1 when it ca
   local ngx=(nghttpx --conf=/dev/null --no-ocsp -n1 --no-via --no-server-rewrite
              --backend-keep-alive-timeout=60s --frontend-keep-alive-timeout=300s)
   local rem=("$REMORA" --listen "127.0.0.1:$p" --workers 1)
+  rem+=("${BP_ARGS[@]}")
   case $sys/$sc in
     remora-mtls/grpc) grpc_mesh_render && grpc_mesh_start "$W/mesh/client.yaml" "$W/mesh/greeter.yaml"; return ;;
     haproxy/h2) launch "$sys" "$p" haproxy -f "$W/haproxy-h2.cfg" ;;
@@ -557,6 +565,8 @@ BUSY=$(cpu_busy 2>/dev/null)
 [ "${BUSY:-0}" -gt 10 ] &&
   echo "# warning: the CPUs were ${BUSY}% busy before the start: other processes are running, figures will be noisy"
 echo "# remora bench: scenarios=${SCENARIOS[*]} seconds=$D rounds=$ROUNDS systems=${SYSTEMS[*]}"
+[ "$BUSY_POLL_US" -gt 0 ] && echo "# busy polling: remora --busy-poll-us $BUSY_POLL_US, HAProxy busy-polling"
+
 echo "# $(nproc) CPUs, $(uname -r); $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy "$3}'); $(nginx -v 2>&1 | sed 's/.*\///;s/^/nginx /'); $(nghttpx --version 2>/dev/null | awk '{print $2}')"
 : >"$RES"; : >"$W/notes"
 for r in $(seq "$ROUNDS"); do

@@ -170,3 +170,41 @@ def test_io_uring_refused_names_cause_and_fix(build_dir, remora_bin):
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert "io_uring" in proc.stderr and "seccomp" in proc.stderr, proc.stderr
     assert "io_uring_setup" in proc.stderr and "security-opt" in proc.stderr, proc.stderr
+
+
+def test_busy_poll_from_the_command_line(make_remora, upstream):
+    """--busy-poll-us: requests go through as ever (keep-alive and new connections), and
+    /config shows the setting."""
+    r = make_remora().start_cli([upstream.port], workers=1, extra=["--busy-poll-us", "200"])
+    for i in range(50):
+        resp = rawhttp.get(r.listen, "/bp/%d" % i)
+        assert resp.status == 200 and resp.json()["path"] == "/bp/%d" % i
+    with rawhttp.HTTPConn(r.listen) as c:
+        for i in range(50):
+            resp = c.request("GET", "/ka/%d" % i)
+            assert resp.status == 200 and resp.json()["path"] == "/ka/%d" % i
+    assert '"busy_poll_us": 200' in r.admin_get("/config").body.decode()
+
+
+def test_busy_poll_from_the_bootstrap(make_remora, make_upstream):
+    up = make_upstream()
+    r = make_remora()
+    r.write_configs(harness.mesh(harness.service("pay", [up.port])), extra={"busy_poll": "50us"})
+    r.start(["--config", r.sidecar_path], ports=[r.outbound, r.inbound], admin=r.admin)
+    assert rawhttp.get(r.outbound, "/x", host="pay").status == 200
+    assert '"busy_poll_us": 50' in r.admin_get("/config").body.decode()
+
+
+@pytest.mark.parametrize("value", ["20000", "-1", "lots"])
+def test_bad_busy_poll_flag_exits_2(remora_bin, value):
+    res = run_remora(remora_bin, ["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2",
+                                  "--busy-poll-us", value])
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "--busy-poll-us" in res.stderr, res.stderr
+
+
+def test_bad_busy_poll_field_exits_2(remora_bin, tmp_path):
+    sidecar = _sidecar(tmp_path, "services: []\n", sidecar_extra="busy_poll: 1s\n")
+    res = run_remora(remora_bin, ["--config", sidecar])
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "sidecar.yaml:6:" in res.stderr and "busy_poll" in res.stderr, res.stderr

@@ -615,6 +615,95 @@ static void on_alarm(int sig)
     _exit(1);
 }
 
+/* ---- busy polling ---- */
+
+static int bp_fd;
+static void *late_writer(void *arg)
+{
+    (void)arg;
+    struct timespec ts = {0, 20 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    if (write(bp_fd, "x", 1) != 1)
+        abort();
+    return NULL;
+}
+
+static void queue_nop(top_t *t)
+{
+    struct io_uring_sqe *sqe = rmr_loop_sqe(&loop);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data(sqe, &t->op);
+}
+
+static void test_busy_poll(void)
+{
+    int pfd[2];
+    CHECK(pipe(pfd) == 0);
+    char buf[8];
+    uint32_t batch = loop.batch_wait_us;
+    loop.batch_wait_us = 0;
+
+    /* After a turn with work, a completion that comes within busy_poll_us is reaped by
+     * polling: the turn does not sleep. 2 s is far longer than the writer's 20 ms. */
+    loop.busy_poll_us = 2000000;
+    top_t nop = {.op.cb = on_top}, rd = {.op.cb = on_top};
+    queue_nop(&nop);
+    cur_op = &nop;
+    turn_until(op_done, 2000);
+    CHECK_INT(nop.n, 1);
+    struct io_uring_sqe *sqe = rmr_loop_sqe(&loop);
+    io_uring_prep_read(sqe, pfd[0], buf, sizeof(buf), 0);
+    io_uring_sqe_set_data(sqe, &rd.op);
+    bp_fd = pfd[1];
+    pthread_t th;
+    pthread_create(&th, NULL, late_writer, NULL);
+    uint64_t polls = loop.polls;
+    rmr_loop_turn(&loop, UINT64_MAX);
+    pthread_join(th, NULL);
+    CHECK_INT(rd.n, 1);
+    CHECK_INT(rd.res, 1);
+    CHECK_INT(loop.polls, polls + 1);
+
+    /* Polling stops at the nearest timer: the timer fires on time, not after the poll. */
+    rmr_timer_t t = {.cb = on_chain_c};
+    chain_c_n = 0;
+    nop.n = 0;
+    queue_nop(&nop);
+    turn_until(op_done, 2000); /* work, so the next turn polls */
+    rmr_timer_set(&loop, &t, 30);
+    polls = loop.polls;
+    uint64_t t0 = rmr_clock_ms();
+    for (int i = 0; i < 10 && !chain_c_n; i++)
+        rmr_loop_turn(&loop, UINT64_MAX);
+    uint64_t took = rmr_clock_ms() - t0;
+    CHECK_INT(chain_c_n, 1);
+    CHECK(took >= 30 && took < 1000); /* not the 2 s of busy_poll_us */
+    CHECK_INT(loop.polls, polls);
+
+    /* A short poll with nothing to reap falls back to sleeping: a completion that comes
+     * after it is still reaped, by the wait, and counted as no poll. */
+    loop.busy_poll_us = 1000;
+    nop.n = 0;
+    queue_nop(&nop);
+    turn_until(op_done, 2000);
+    rd.n = 0;
+    sqe = rmr_loop_sqe(&loop);
+    io_uring_prep_read(sqe, pfd[0], buf, sizeof(buf), 0);
+    io_uring_sqe_set_data(sqe, &rd.op);
+    pthread_create(&th, NULL, late_writer, NULL);
+    polls = loop.polls;
+    for (int i = 0; i < 10 && !rd.n; i++)
+        rmr_loop_turn(&loop, UINT64_MAX);
+    pthread_join(th, NULL);
+    CHECK_INT(rd.n, 1);
+    CHECK_INT(loop.polls, polls);
+
+    loop.busy_poll_us = 0;
+    loop.batch_wait_us = batch;
+    close(pfd[0]);
+    close(pfd[1]);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -644,6 +733,7 @@ int main(void)
     test_wake();
     test_ops();
     test_buffers();
+    test_busy_poll();
 
     rmr_loop_free(&loop);
     CHECK(loop.heap == NULL && loop.bufs == NULL && loop.br == NULL && loop.efd == -1);
