@@ -28,6 +28,9 @@
 #   GRPC_SIDECAR_CLIENT=, GRPC_SIDECAR_GREETER=, GRPC_MESH=   the two sidecars' bootstraps and
 #                 their mesh config for grpc's two-hop case (default: tests/bench/grpc-mesh/)
 #   KEEP_WORKDIR=1    keep the temporary folder (configs, logs, certificates) and print its name
+#   PROXY_CPU=P   holds each proxy to P% of a CPU (a cgroup cpu quota, v1 or v2; root), so that the
+#                 proxy and not wrk or the backend on CPU 1 is the limit: requests/s then compare
+#                 the proxies per core. Every process of a proxy is in the group (two sidecars share it).
 #   BUSY_POLL_US=N    busy polling for both remora (--busy-poll-us N) and HAProxy (busy-polling):
 #                 lower latency for CPU; default 0, each as shipped. nginx and nghttpx have none.
 #
@@ -126,6 +129,20 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 
 W=$(mktemp -d /tmp/remora-bench.XXXXXX)
+# PROXY_CPU: a cgroup with a CPU quota that every proxy starts in (see launch).
+CG=""
+if [ -n "${PROXY_CPU:-}" ]; then
+  case $PROXY_CPU in *[!0-9]* | '') echo "bench.sh: PROXY_CPU is a percentage" >&2; exit 2 ;; esac
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    CG=/sys/fs/cgroup/remora-bench-$$
+    echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+    mkdir "$CG" && echo "$((PROXY_CPU * 100)) 10000" >"$CG/cpu.max" || CG=""
+  elif [ -d /sys/fs/cgroup/cpu ]; then
+    CG=/sys/fs/cgroup/cpu/remora-bench-$$
+    { mkdir "$CG" && echo 10000 >"$CG/cpu.cfs_period_us" && echo $((PROXY_CPU * 100)) >"$CG/cpu.cfs_quota_us"; } || CG=""
+  fi
+  [ -n "$CG" ] || { echo "bench.sh: PROXY_CPU needs the cgroup cpu controller (and root)" >&2; rm -rf "$W"; exit 2; }
+fi
 PIDS=()
 stop_pid() { # pid: SIGTERM it (and its children), SIGKILL what is left after 3 s
   local p=$1 kids i
@@ -142,6 +159,7 @@ cleanup() {
   trap - EXIT INT TERM
   for p in "${PIDS[@]}"; do stop_pid "$p"; done
   if [ -n "${KEEP_WORKDIR:-}" ]; then echo "# work folder kept: $W" >&2; else rm -rf "$W"; fi
+  [ -n "$CG" ] && rmdir "$CG" 2>/dev/null
 }
 trap cleanup EXIT
 trap 'echo "bench.sh: interrupted" >&2; exit 130' INT TERM
@@ -290,7 +308,11 @@ launch() { # system port command...: start it pinned to CPU 0 -> LPID; 1 when it
   local sys=$1 p=$2 i rc; shift 2
   LPID=""
   if port_busy "$p"; then note "$sys: port $p is already in use by another process; skipped"; return 1; fi
-  $PIN_PROXY "$@" >>"$W/$sys.log" 2>&1 &
+  if [ -n "$CG" ]; then # into the quota's group before it starts, so its children are too
+    $PIN_PROXY sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$@" >>"$W/$sys.log" 2>&1 &
+  else
+    $PIN_PROXY "$@" >>"$W/$sys.log" 2>&1 &
+  fi
   LPID=$!; PIDS+=("$LPID")
   for i in $(seq 100); do # up to 10 s
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && return 0
@@ -565,6 +587,7 @@ BUSY=$(cpu_busy 2>/dev/null)
 [ "${BUSY:-0}" -gt 10 ] &&
   echo "# warning: the CPUs were ${BUSY}% busy before the start: other processes are running, figures will be noisy"
 echo "# remora bench: scenarios=${SCENARIOS[*]} seconds=$D rounds=$ROUNDS systems=${SYSTEMS[*]}"
+[ -n "$CG" ] && echo "# each proxy held to $PROXY_CPU% of a CPU (cgroup quota): requests/s compare the proxies per core"
 [ "$BUSY_POLL_US" -gt 0 ] && echo "# busy polling: remora --busy-poll-us $BUSY_POLL_US, HAProxy busy-polling"
 
 echo "# $(nproc) CPUs, $(uname -r); $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy "$3}'); $(nginx -v 2>&1 | sed 's/.*\///;s/^/nginx /'); $(nghttpx --version 2>/dev/null | awk '{print $2}')"
